@@ -1,0 +1,36 @@
+# Two entry points for a fresh machine: `make smoke` (set up + run the pipeline on the smoke
+# preset) and `make test` (set up + lint + tests). Everything lives in .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup smoke test lint bench clean
+
+setup: $(STAMP)
+
+# torch is pinned to the CPU wheel that lies on disk; an unpinned torch pulls GBs of CUDA.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==2.13.0" -e ".[dev]"
+	touch $(STAMP)
+
+smoke: $(STAMP)
+	$(BIN)/codeparrot-ds run --preset smoke
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/tokenize_throughput.py
+
+clean:
+	rm -rf $(VENV) codeparrot-store .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Orchestration: the Prefect flow, its configuration and presets, and the CLI."""

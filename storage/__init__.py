@@ -1,0 +1,1 @@
+"""Object-store access, content-addressed stage outputs and shard formats."""

@@ -1,0 +1,135 @@
+"""Shard formats: documents as Parquet, token chunks as Arrow IPC files.
+
+Document shards have columns ``id`` and ``content``. Token shards have one column ``input_ids``,
+a fixed-size list of ``context_length`` integers, stored as uint16 when the vocabulary fits so
+that a shard is half the size and can be memory-mapped straight into a training batch.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from storage.stages import StageRef, StageWriter, read_manifest
+
+UINT16_VOCAB_LIMIT = 1 << 16
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned dtype that holds every token id of this vocabulary."""
+    return np.dtype(np.uint16) if vocab_size <= UINT16_VOCAB_LIMIT else np.dtype(np.uint32)
+
+
+def shard_name(split: str, index: int, suffix: str) -> str:
+    """Name of the ``index``-th shard of a split, sortable by index."""
+    return f"{split}/shard-{index:05d}.{suffix}"
+
+
+class DocumentShardWriter:
+    """Buffers documents and writes them as Parquet shards of bounded size."""
+
+    def __init__(self, writer: StageWriter, split: str, max_shard_bytes: int) -> None:
+        self.writer = writer
+        self.split = split
+        self.max_shard_bytes = max_shard_bytes
+        self.ids: list[str] = []
+        self.contents: list[str] = []
+        self.buffered_bytes = 0
+        self.shards = 0
+        self.documents = 0
+
+    def add(self, doc_id: str, content: str) -> None:
+        """Add one document, writing a shard when the buffer is full."""
+        self.ids.append(doc_id)
+        self.contents.append(content)
+        self.buffered_bytes += len(content)
+        if self.buffered_bytes >= self.max_shard_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write whatever is buffered as one shard."""
+        if not self.ids:
+            return
+        table = pa.table({"id": self.ids, "content": self.contents})
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        self.writer.write_bytes(shard_name(self.split, self.shards, "parquet"), buffer.getvalue())
+        self.shards += 1
+        self.documents += len(self.ids)
+        self.ids, self.contents, self.buffered_bytes = [], [], 0
+
+
+def iter_document_batches(ref: StageRef, split: str, batch_size: int = 256) -> Iterator[list[str]]:
+    """Yield the contents of a split's documents in batches, shard by shard, in order."""
+    store = ref.store()
+    for name in sorted(p for p in read_manifest(ref).parts if p.startswith(f"{split}/")):
+        with store.fs.open(f"{store.root}/{ref.prefix}/{name}", "rb") as f:
+            parquet = pq.ParquetFile(f)
+            for batch in parquet.iter_batches(batch_size=batch_size, columns=["content"]):
+                yield batch.column("content").to_pylist()
+
+
+class TokenShardWriter:
+    """Buffers fixed-length token rows and writes them as Arrow IPC shards."""
+
+    def __init__(
+        self, writer: StageWriter, split: str, context_length: int, dtype: np.dtype, rows: int
+    ) -> None:
+        self.writer = writer
+        self.split = split
+        self.context_length = context_length
+        self.dtype = dtype
+        self.rows_per_shard = rows
+        self.pending: list[np.ndarray] = []
+        self.pending_rows = 0
+        self.shard_rows: list[int] = []
+
+    def add(self, rows: np.ndarray) -> None:
+        """Add a (n, context_length) array of token ids."""
+        if rows.size == 0:
+            return
+        self.pending.append(rows.astype(self.dtype, copy=False))
+        self.pending_rows += len(rows)
+        while self.pending_rows >= self.rows_per_shard:
+            block = np.concatenate(self.pending)
+            self._write(block[: self.rows_per_shard])
+            rest = block[self.rows_per_shard :]
+            self.pending, self.pending_rows = ([rest] if len(rest) else []), len(rest)
+
+    def flush(self) -> None:
+        """Write the remaining rows as a last, smaller shard."""
+        if self.pending_rows:
+            self._write(np.concatenate(self.pending))
+        self.pending, self.pending_rows = [], 0
+
+    def _write(self, block: np.ndarray) -> None:
+        flat = pa.array(block.reshape(-1), type=pa.from_numpy_dtype(self.dtype))
+        column = pa.FixedSizeListArray.from_arrays(flat, self.context_length)
+        table = pa.table({"input_ids": column})
+        sink = pa.BufferOutputStream()
+        with ipc.new_file(sink, table.schema) as out:
+            out.write_table(table)
+        name = shard_name(self.split, len(self.shard_rows), "arrow")
+        self.writer.write_bytes(name, sink.getvalue().to_pybytes())
+        self.shard_rows.append(len(block))
+
+
+def load_token_shards(ref: StageRef, split: str) -> list[np.ndarray]:
+    """Memory-map every token shard of a split as a (rows, context_length) array, in order.
+
+    A remote store's shards are downloaded to the local cache first.
+    """
+    store = ref.store()
+    arrays = []
+    for name in sorted(p for p in read_manifest(ref).parts if p.startswith(f"{split}/")):
+        path = store.local_path(f"{ref.prefix}/{name}")
+        table = ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+        column = table.column("input_ids").combine_chunks()
+        values = column.values.to_numpy(zero_copy_only=True)
+        arrays.append(values.reshape(len(column), column.type.list_size))
+    return arrays

@@ -1,0 +1,122 @@
+"""Stage 6: perplexity on the validation shards, and completions for fixed prompts."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import torch
+import transformers
+from prefect import task
+from pydantic import Field
+from transformers import GPT2LMHeadModel, pipeline
+
+import tasks.training.data
+import tasks.training.evaluation
+from storage.shards import load_token_shards
+from storage.stages import StageRef, StageWriter, code_version, read_manifest, run_stage
+from storage.store import Store
+from tasks.common import stage_logger
+from tasks.params import StageParams
+from tasks.tokenizer import load_stage_tokenizer
+from tasks.train import model_folder
+from tasks.training.data import TokenRows, sequential_batches
+from tasks.training.evaluation import evaluate_loss
+from tasks.training.model import build_model
+
+SCATTER_PROMPT = "# create scatter plot with x, y\n"
+DEFAULT_PROMPTS = [
+    SCATTER_PROMPT,
+    "# load the csv file data.csv into a dataframe\n",
+    "# fit a random forest classifier on X_train, y_train\n",
+]
+METRICS_PART = "metrics.json"
+SAMPLES_PART = "samples.json"
+
+
+class EvalConfig(StageParams):
+    """How the trained model is measured."""
+
+    batch_size: int = Field(default=32, ge=1)
+    """Validation rows per forward pass."""
+    max_batches: int | None = Field(default=None, ge=1)
+    """Evaluate on at most this many batches; None uses the whole validation split."""
+    prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS), min_length=1)
+    """Prompts completed by the model and kept with the metrics."""
+    max_new_tokens: int = Field(default=48, ge=1, le=1024)
+    """Tokens generated per prompt (greedy decoding, so samples are reproducible)."""
+
+
+def generate_completions(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[dict]:
+    """Greedy completions of each prompt through ``transformers.pipeline``."""
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    samples = []
+    for prompt in prompts:
+        output = generator(
+            prompt, max_new_tokens=max_new_tokens, do_sample=False, return_full_text=False
+        )
+        samples.append({"prompt": prompt, "completion": output[0]["generated_text"]})
+    return samples
+
+
+def evaluate_model(
+    training: StageRef,
+    tokens: StageRef,
+    tokenizer_ref: StageRef,
+    config: EvalConfig,
+    writer: StageWriter,
+    log,
+) -> dict:
+    """Measure validation perplexity of the trained and an untrained model; sample completions."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = GPT2LMHeadModel.from_pretrained(str(model_folder(training))).to(device)
+    tokenizer = load_stage_tokenizer(tokenizer_ref)
+    valid_rows = TokenRows(load_token_shards(tokens, "valid"))
+
+    def measure(candidate) -> tasks.training.evaluation.EvalResult:
+        batches = sequential_batches(valid_rows, config.batch_size, config.max_batches)
+        return evaluate_loss(candidate, batches, device, contextlib.nullcontext)
+
+    trained = measure(model)
+    untrained = measure(build_model(model.config, seed=0).to(device))
+    log.info(
+        "validation perplexity %.2f (course's exp(mean batch loss): %.2f) over %d tokens; "
+        "untrained model: %.2f",
+        trained.perplexity,
+        trained.course_perplexity,
+        trained.tokens,
+        untrained.perplexity,
+    )
+    samples = generate_completions(model, tokenizer, config.prompts, config.max_new_tokens)
+    for sample in samples:
+        log.info("sample: %r -> %r", sample["prompt"], sample["completion"])
+    training_counts = read_manifest(training).counts
+    metrics = {
+        "valid_loss": trained.loss,
+        "perplexity": trained.perplexity,
+        "course_perplexity": trained.course_perplexity,
+        "untrained_perplexity": untrained.perplexity,
+        "valid_tokens": trained.tokens,
+        "train_tokens_per_second": training_counts["tokens_per_second"],
+        "train_seconds": training_counts["train_seconds"],
+        "final_train_loss": training_counts["final_train_loss"],
+    }
+    writer.write_json(METRICS_PART, metrics)
+    writer.write_json(SAMPLES_PART, samples)
+    return {**metrics, "samples": samples}
+
+
+@task(name="evaluate-perplexity")
+def evaluate_perplexity(
+    training: StageRef, tokens: StageRef, tokenizer: StageRef, config: EvalConfig, store_url: str
+) -> StageRef:
+    """Validation perplexity (plain loss) and sample completions of the trained model."""
+    log = stage_logger()
+    build = lambda writer: evaluate_model(training, tokens, tokenizer, config, writer, log)  # noqa: E731
+    inputs = {"training": training, "tokens": tokens, "tokenizer": tokenizer}
+    version = code_version(
+        [sys.modules[__name__], tasks.training.evaluation, tasks.training.data],
+        torch.__version__,
+        transformers.__version__,
+    )
+    return run_stage(Store(store_url), "evaluation", config, inputs, version, build, log)

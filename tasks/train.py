@@ -1,0 +1,119 @@
+"""Stage 5: train GPT-2 from scratch on the token shards; save weights and loss history."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+
+import accelerate
+import torch
+import transformers
+from prefect import task
+
+import tasks.training.config
+import tasks.training.data
+import tasks.training.evaluation
+import tasks.training.loop
+import tasks.training.loss
+import tasks.training.model
+from storage.shards import load_token_shards
+from storage.stages import StageRef, StageWriter, code_version, run_stage
+from storage.store import Store
+from tasks.common import stage_logger
+from tasks.tokenizer import load_stage_tokenizer
+from tasks.training.config import ModelConfig, TrainConfig
+from tasks.training.data import TokenRows
+from tasks.training.loop import make_accelerator, train_model_loop
+from tasks.training.loss import resolve_key_tokens
+from tasks.training.model import build_model, gpt2_config
+
+MODEL_DIR = "model"
+HISTORY_PART = "history.json"
+TRAINING_CODE = [
+    tasks.training.config,
+    tasks.training.data,
+    tasks.training.evaluation,
+    tasks.training.loop,
+    tasks.training.loss,
+    tasks.training.model,
+]
+
+
+def train_from_shards(
+    tokens: StageRef,
+    tokenizer_ref: StageRef,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    writer: StageWriter,
+    log,
+) -> dict:
+    """Build a fresh GPT-2, train it on the token shards, and write it with its history."""
+    tokenizer = load_stage_tokenizer(tokenizer_ref)
+    keytoken_ids, missing = resolve_key_tokens(tokenizer, train_config.key_tokens)
+    if missing:
+        log.warning(
+            "key tokens that are not single tokens in this tokenizer are not up-weighted: %s",
+            missing,
+        )
+    log.info("key token ids: %s", keytoken_ids)
+    train_rows = TokenRows(load_token_shards(tokens, "train"))
+    valid_rows = TokenRows(load_token_shards(tokens, "valid"))
+    config = gpt2_config(
+        model_config, len(tokenizer), train_rows.context_length, tokenizer.eos_token_id
+    )
+    accelerator = make_accelerator(train_config)
+    model = build_model(config, train_config.seed)
+    parameters = sum(p.numel() for p in model.parameters())
+    log.info("GPT-2 with %.1fM parameters, %d training rows", parameters / 1e6, len(train_rows))
+    result = train_model_loop(
+        model, train_rows, valid_rows, keytoken_ids, train_config, accelerator, log
+    )
+    with tempfile.TemporaryDirectory(prefix="model-") as folder:
+        accelerator.unwrap_model(model).save_pretrained(folder)
+        writer.put_dir(folder, MODEL_DIR)
+    writer.write_json(HISTORY_PART, {"train": result.history, "valid": result.evals})
+    return {
+        "parameters": parameters,
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "train_seconds": round(result.seconds, 2),
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "final_train_loss": result.history[-1]["loss"],
+        "final_valid_loss": result.evals[-1]["valid_loss"],
+        "mixed_precision": result.mixed_precision,
+        "keytoken_ids": keytoken_ids,
+    }
+
+
+@task(name="train-model")
+def train_model(
+    tokens: StageRef,
+    tokenizer: StageRef,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    store_url: str,
+) -> StageRef:
+    """Train GPT-2 from scratch with the Accelerate loop; the model lands in the store."""
+    log = stage_logger()
+    build = lambda writer: train_from_shards(  # noqa: E731
+        tokens, tokenizer, model_config, train_config, writer, log
+    )
+    params = {
+        "model": model_config.model_dump(mode="json"),
+        "train": train_config.model_dump(mode="json"),
+    }
+    inputs = {"tokens": tokens, "tokenizer": tokenizer}
+    version = code_version(
+        [sys.modules[__name__], *TRAINING_CODE],
+        torch.__version__,
+        transformers.__version__,
+        accelerate.__version__,
+    )
+    ref = run_stage(Store(store_url), "training", params, inputs, version, build, log)
+    log.info("training: %s", ref.counts)
+    return ref
+
+
+def model_folder(ref: StageRef):
+    """A local folder holding the weights and config of a committed training stage."""
+    return ref.store().local_path(f"{ref.prefix}/{MODEL_DIR}")

@@ -1,0 +1,1 @@
+"""Model, loss and the Accelerate training loop: plain torch, no Prefect imports."""

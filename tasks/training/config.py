@@ -1,0 +1,90 @@
+"""Typed model and training configuration; derived values are methods, validation is here."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tasks.params import StageParams
+
+DEFAULT_KEY_TOKENS = ["plt", "pd", "sk", "fit", "predict"]
+
+
+class ModelConfig(StageParams):
+    """GPT-2 shape. Defaults are the course's 124M model."""
+
+    n_layer: int = Field(default=12, ge=1)
+    """Transformer blocks."""
+    n_embd: int = Field(default=768, ge=8)
+    """Width of the residual stream."""
+    n_head: int = Field(default=12, ge=1)
+    """Attention heads; must divide n_embd."""
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    """Dropout on embeddings, attention and residuals (GPT-2's 0.1)."""
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        return self
+
+
+class TrainConfig(StageParams):
+    """The optimisation: batch arithmetic, schedule, precision, loss. Defaults are the course's."""
+
+    batch_size: int = Field(default=32, ge=1)
+    """Sequences per device per micro-batch."""
+    gradient_accumulation_steps: int = Field(default=8, ge=1)
+    """Micro-batches per optimizer step: 32 seqs * 128 tokens * 8 = 32,768 tokens per step."""
+    learning_rate: float = Field(default=5e-4, gt=0.0, le=1.0)
+    """Peak learning rate, reached after warmup."""
+    weight_decay: float = Field(default=0.1, ge=0.0)
+    """AdamW decay on matrices only; biases and LayerNorm weights get none."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas (the course keeps PyTorch's defaults)."""
+    warmup_steps: int = Field(default=1_000, ge=0)
+    """Optimizer steps of linear warmup."""
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    """Decay after warmup, counted in optimizer steps."""
+    max_grad_norm: float = Field(default=1.0, gt=0.0)
+    """Gradient clipping threshold."""
+    epochs: float = Field(default=1.0, gt=0.0)
+    """Passes over the training rows."""
+    max_steps: int | None = Field(default=None, ge=1)
+    """Stop after this many optimizer steps (caps ``epochs``)."""
+    eval_interval: int = Field(default=500, ge=1)
+    """Optimizer steps between validation passes."""
+    eval_batches: int = Field(default=50, ge=1)
+    """Validation batches per periodic validation (the final evaluation uses all)."""
+    log_interval: int = Field(default=10, ge=1)
+    """Optimizer steps between progress lines."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """``auto``: bf16 on GPUs that support it, else fp16 on GPU, none on CPU."""
+    loss: Literal["normalized", "course"] = "normalized"
+    """``normalized``: weighted loss / total key-token weight; ``course``: mean weighted loss."""
+    keytoken_alpha: float = Field(default=1.0, gt=0.0)
+    """Weight scale: a sample's weight is alpha * (1 + its number of key tokens)."""
+    key_tokens: list[str] = Field(default_factory=lambda: list(DEFAULT_KEY_TOKENS))
+    """Words whose tokens up-weight a sample (their space-prefixed forms count too)."""
+    seed: int = 42
+    """Seeds initialisation, dropout and data order."""
+
+    def rows_per_step(self, num_processes: int = 1) -> int:
+        """Sequences consumed by one optimizer step across all processes."""
+        return self.batch_size * self.gradient_accumulation_steps * num_processes
+
+    def total_steps(self, train_rows: int, num_processes: int = 1) -> int:
+        """Optimizer steps of the run, from the row count in the shard manifest."""
+        micro_batches_per_epoch = train_rows // (self.batch_size * num_processes)
+        steps = math.floor(self.epochs * micro_batches_per_epoch / self.gradient_accumulation_steps)
+        if self.max_steps is not None:
+            steps = min(steps, self.max_steps)
+        if steps < 1:
+            raise ValueError(
+                f"{train_rows} training rows make no full optimizer step of "
+                f"{self.rows_per_step(num_processes)} rows; lower train.batch_size or "
+                "train.gradient_accumulation_steps, raise train.epochs, or use more data"
+            )
+        return steps

@@ -1,0 +1,219 @@
+"""The Accelerate training loop: accumulation, clipping, schedule, mixed precision, validation."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from transformers import get_scheduler
+
+from tasks.training.config import TrainConfig
+from tasks.training.data import BatchStream, TokenRows, sequential_batches
+from tasks.training.evaluation import evaluate_loss
+from tasks.training.loss import keytoken_weights, per_sample_loss
+from tasks.training.model import parameter_groups
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports: its history and totals."""
+
+    steps: int
+    tokens: int
+    seconds: float
+    mixed_precision: str
+    eval_seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Training throughput over the whole run, validation passes left out."""
+        train_seconds = self.seconds - self.eval_seconds
+        return self.tokens / train_seconds if train_seconds > 0 else 0.0
+
+
+def resolve_mixed_precision(requested: str) -> str:
+    """``auto`` means bf16 on GPUs that support it, fp16 on other GPUs, none on CPU."""
+    if requested != "auto":
+        if requested != "no" and not torch.cuda.is_available():
+            raise ValueError(
+                f"train.mixed_precision={requested!r} needs a CUDA GPU and none is visible; "
+                "use 'auto' or 'no' on CPU"
+            )
+        return requested
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    """An Accelerator for this config; it counts accumulation micro-batches for us."""
+    return Accelerator(
+        mixed_precision=resolve_mixed_precision(config.mixed_precision),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+    )
+
+
+def _format_duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def train_model_loop(
+    model: torch.nn.Module,
+    train_rows: TokenRows,
+    valid_rows: TokenRows,
+    keytoken_ids: list[int],
+    config: TrainConfig,
+    accelerator: Accelerator,
+    log: logging.Logger | logging.LoggerAdapter,
+) -> TrainResult:
+    """Train the model in place; return the loss history and throughput.
+
+    One optimizer step consumes ``gradient_accumulation_steps`` micro-batches per process.
+    The scheduler is stepped once per optimizer step, so warmup and decay are in those steps.
+    """
+    total_steps = config.total_steps(len(train_rows), accelerator.num_processes)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, config.weight_decay),
+        lr=config.learning_rate,
+        betas=config.adam_betas,
+    )
+    scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=min(config.warmup_steps, total_steps),
+        num_training_steps=total_steps,
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    stream = BatchStream(
+        train_rows,
+        config.batch_size,
+        config.seed,
+        rank=accelerator.process_index,
+        world=accelerator.num_processes,
+    )
+    batches = stream.iterate()
+    tokens_per_step = config.rows_per_step(accelerator.num_processes) * train_rows.context_length
+    log.info(
+        "training %d optimizer steps: %d seqs * %d tokens * %d accumulation * %d process(es) = "
+        "%s tokens per step; mixed precision %s on %s",
+        total_steps,
+        config.batch_size,
+        train_rows.context_length,
+        config.gradient_accumulation_steps,
+        accelerator.num_processes,
+        f"{tokens_per_step:,}",
+        accelerator.mixed_precision,
+        accelerator.device,
+    )
+
+    result = TrainResult(
+        steps=0, tokens=0, seconds=0.0, mixed_precision=accelerator.mixed_precision
+    )
+    model.train()
+    start = window_start = time.perf_counter()
+    window_steps = 0
+    for step in range(1, total_steps + 1):
+        micro_batches = [
+            next(batches)[1].to(accelerator.device)
+            for _ in range(config.gradient_accumulation_steps)
+        ]
+        weights = [keytoken_weights(b, keytoken_ids, config.keytoken_alpha) for b in micro_batches]
+        # The normalised loss divides by the weight of the whole optimizer step, on all processes,
+        # so that every sample counts the same whatever micro-batch or process it landed in.
+        step_weight = accelerator.reduce(torch.stack(weights).sum(), reduction="sum")
+        step_loss = torch.zeros((), device=accelerator.device)
+        step_ce = torch.zeros((), device=accelerator.device)
+        for batch, weight in zip(micro_batches, weights, strict=True):
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    logits = model(batch).logits
+                sample_loss = per_sample_loss(batch, logits)
+                if config.loss == "normalized":
+                    loss = (sample_loss * weight).sum() / step_weight
+                    # backward() divides by the accumulation steps and DDP averages over
+                    # processes; undo both so the step's gradient is that of the weighted mean.
+                    scaled = loss * config.gradient_accumulation_steps * accelerator.num_processes
+                else:
+                    loss = (sample_loss * weight).mean() / config.gradient_accumulation_steps
+                    scaled = loss * config.gradient_accumulation_steps
+                accelerator.backward(scaled)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            step_loss += loss.detach()
+            step_ce += sample_loss.detach().mean() / config.gradient_accumulation_steps
+        if not accelerator.optimizer_step_was_skipped:
+            scheduler.step()
+        result.steps = step
+        result.tokens += tokens_per_step
+        window_steps += 1
+
+        if step % config.log_interval == 0 or step == total_steps:
+            now = time.perf_counter()
+            loss_value = accelerator.reduce(step_loss, reduction="mean").item()
+            ce_value = accelerator.reduce(step_ce, reduction="mean").item()
+            tokens_per_second = window_steps * tokens_per_step / (now - window_start)
+            record = {
+                "step": step,
+                "loss": loss_value,
+                "ce": ce_value,
+                "lr": scheduler.get_last_lr()[0],
+                "tokens_per_second": tokens_per_second,
+                "elapsed": now - start,
+            }
+            result.history.append(record)
+            eta = (total_steps - step) * (now - start) / step
+            log.info(
+                "step %d/%d (%d%%) | loss %.4f | ce %.4f | lr %.2e | %s tok/s | eta %s",
+                step,
+                total_steps,
+                100 * step // total_steps,
+                loss_value,
+                ce_value,
+                record["lr"],
+                f"{tokens_per_second:,.0f}",
+                _format_duration(eta),
+            )
+            window_start, window_steps = time.perf_counter(), 0
+
+        if step % config.eval_interval == 0 or step == total_steps:
+            eval_start = time.perf_counter()
+            evaluated = evaluate_loss(
+                model,
+                sequential_batches(valid_rows, config.batch_size, config.eval_batches),
+                accelerator.device,
+                accelerator.autocast,
+            )
+            result.evals.append(
+                {
+                    "step": step,
+                    "valid_loss": evaluated.loss,
+                    "valid_perplexity": evaluated.perplexity,
+                }
+            )
+            log.info(
+                "step %d validation: loss %.4f | perplexity %.2f",
+                step,
+                evaluated.loss,
+                evaluated.perplexity,
+            )
+            # Validation time is not training time: leave it out of throughput figures.
+            eval_seconds = time.perf_counter() - eval_start
+            window_start += eval_seconds
+            result.eval_seconds += eval_seconds
+
+    result.seconds = time.perf_counter() - start
+    if not math.isfinite(result.history[-1]["loss"]):
+        raise FloatingPointError(
+            "training diverged (loss is not finite); lower train.learning_rate or use bf16"
+        )
+    return result
