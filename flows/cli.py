@@ -43,24 +43,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Complete a prompt with a published model (the newest in the store unless --model)."""
-    from transformers import pipeline
-
     from storage.store import Store
+    from tasks.generation import complete, load_generator
     from tasks.publish import latest_model_uri
 
     model = args.model or latest_model_uri(Store(args.store), args.name)
     if "://" in model:
         model = str(Store(model).local_path(""))
     prompt = args.prompt if args.prompt.endswith("\n") else args.prompt + "\n"
-    generator = pipeline("text-generation", model=model)
-    output = generator(
-        prompt,
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.temperature > 0,
-        **({"temperature": args.temperature} if args.temperature > 0 else {}),
-        return_full_text=False,
-    )
-    print(prompt + output[0]["generated_text"])
+    completion = complete(load_generator(model), prompt, args.max_new_tokens, args.temperature)
+    print(prompt + completion)
     return 0
 
 
@@ -111,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from storage.store import StoreError
     from tasks.corpus import CorpusError
     from tasks.filtering import FilterError
+    from tasks.generation import PromptTooLongError
     from tasks.tokenizer import TokenizerError
 
     args = build_parser().parse_args(argv)
@@ -123,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         FilterError,
         TokenizerError,
         FileNotFoundError,
+        PromptTooLongError,
     ) as err:
         print(f"codeparrot-ds: error: {err}", file=sys.stderr)
         return EXIT_USAGE

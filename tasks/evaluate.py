@@ -9,14 +9,16 @@ import torch
 import transformers
 from prefect import task
 from pydantic import Field
-from transformers import GPT2LMHeadModel, pipeline
+from transformers import GPT2LMHeadModel
 
+import tasks.generation
 import tasks.training.data
 import tasks.training.evaluation
 from storage.shards import load_token_shards
 from storage.stages import StageRef, StageWriter, code_version, read_manifest, run_stage
 from storage.store import Store
 from tasks.common import stage_logger
+from tasks.generation import complete, load_generator
 from tasks.params import StageParams
 from tasks.tokenizer import load_stage_tokenizer
 from tasks.train import model_folder
@@ -48,15 +50,12 @@ class EvalConfig(StageParams):
 
 
 def generate_completions(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[dict]:
-    """Greedy completions of each prompt through ``transformers.pipeline``."""
-    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
-    samples = []
-    for prompt in prompts:
-        output = generator(
-            prompt, max_new_tokens=max_new_tokens, do_sample=False, return_full_text=False
-        )
-        samples.append({"prompt": prompt, "completion": output[0]["generated_text"]})
-    return samples
+    """Greedy completions of each prompt, so samples are reproducible."""
+    generator = load_generator(model, tokenizer)
+    return [
+        {"prompt": prompt, "completion": complete(generator, prompt, max_new_tokens)}
+        for prompt in prompts
+    ]
 
 
 def evaluate_model(
@@ -115,7 +114,7 @@ def evaluate_perplexity(
     build = lambda writer: evaluate_model(training, tokens, tokenizer, config, writer, log)  # noqa: E731
     inputs = {"training": training, "tokens": tokens, "tokenizer": tokenizer}
     version = code_version(
-        [sys.modules[__name__], tasks.training.evaluation, tasks.training.data],
+        [sys.modules[__name__], tasks.generation, tasks.training.evaluation, tasks.training.data],
         torch.__version__,
         transformers.__version__,
     )

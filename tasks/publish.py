@@ -19,11 +19,12 @@ import torch
 import transformers
 from prefect import task
 from pydantic import Field
-from transformers import GenerationConfig, pipeline
+from transformers import GenerationConfig
 
 from storage.stages import StageRef, StageWriter, code_version, read_manifest, run_stage
 from storage.store import Store
 from tasks.common import IO_RETRIES, retry_on_io_error, stage_logger
+from tasks.generation import complete, load_generator
 from tasks.params import StageParams
 from tasks.tokenizer import tokenizer_folder
 from tasks.train import model_folder
@@ -134,8 +135,7 @@ def assemble_model_folder(
 
 def check_loads(folder: Path, prompt: str) -> str:
     """Load the folder through ``transformers.pipeline`` and complete a prompt, as a user would."""
-    generator = pipeline("text-generation", model=str(folder))
-    return generator(prompt, max_new_tokens=8, return_full_text=False)[0]["generated_text"]
+    return complete(load_generator(str(folder)), prompt, max_new_tokens=8)
 
 
 def publish_folder(

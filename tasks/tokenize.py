@@ -79,10 +79,16 @@ class Packer:
 
 
 def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text, without special tokens, using the Rust tokenizer directly."""
-    return [
-        enc.ids for enc in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
-    ]
+    """Token ids of each whole text, without special tokens, using the Rust tokenizer directly."""
+    backend = tokenizer.backend_tokenizer
+    # A tokenizer.json may carry truncation or padding, and a transformers call with
+    # truncation=True leaves truncation switched on in the shared backend: either would
+    # silently cut every file short here.
+    if backend.truncation is not None:
+        backend.no_truncation()
+    if backend.padding is not None:
+        backend.no_padding()
+    return [enc.ids for enc in backend.encode_batch(texts, add_special_tokens=False)]
 
 
 def tokenize_split(

@@ -1,0 +1,107 @@
+"""The whole pipeline under a real (temporary) Prefect server, on a generated corpus."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import pipeline
+
+from flows.cli import main
+from flows.config import build_config
+from flows.pipeline import codeparrot_pipeline
+from storage.stages import MANIFEST_NAME
+from storage.store import Store
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "filter.valid_fraction=0.2",
+    "tokenizer.vocab_size=400",
+    "tokenize.mode=packed",
+    "tokenize.context_length=64",
+    "model.n_layer=1",
+    "model.n_embd=32",
+    "model.n_head=2",
+    "train.batch_size=8",
+    "train.gradient_accumulation_steps=2",
+    "train.max_steps=30",
+    "train.warmup_steps=3",
+    "train.learning_rate=0.01",
+    "train.eval_interval=15",
+    "train.log_interval=5",
+    "evaluate.max_new_tokens=8",
+]
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _config(corpus_dir, *extra):
+    return build_config(overrides=[f"corpus.roots=[{corpus_dir}]", *TINY, *extra])
+
+
+def _manifest_times(store: Store, stages: dict[str, str]) -> dict[str, str]:
+    times = {}
+    for name, uri in stages.items():
+        rel = uri[len(store.url) + 1 :]
+        times[name] = store.read_json(f"{rel}/{MANIFEST_NAME}")["created_at"]
+    return times
+
+
+def test_pipeline_end_to_end_then_cached(prefect_server, corpus_dir, tmp_path):
+    store = Store(str(tmp_path / "store"))
+    result = codeparrot_pipeline(config=_config(corpus_dir), store_url=store.url)
+
+    assert result["perplexity"] < result["untrained_perplexity"] / 4
+    assert isinstance(result["scatter_completion"], str)
+    folder = store.local_path(result["model_uri"][len(store.url) + 1 :])
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json"):
+        assert (folder / name).is_file(), name
+    card = (folder / "README.md").read_text()
+    assert "perplexity" in card and "# create scatter plot with x, y" in card
+    latest = store.read_json("models/codeparrot-ds/LATEST")
+    assert latest["uri"] == result["model_uri"]
+
+    generator = pipeline("text-generation", model=str(folder))
+    output = generator("import pandas as pd\n", max_new_tokens=5)[0]["generated_text"]
+    assert output.startswith("import pandas as pd\n") and len(output) > len("import pandas as pd\n")
+
+    # The same config again: every stage is found committed, nothing is rebuilt.
+    before = _manifest_times(store, result["stages"])
+    again = codeparrot_pipeline(config=_config(corpus_dir), store_url=store.url)
+    assert again["stages"] == result["stages"]
+    assert _manifest_times(store, again["stages"]) == before
+
+    # Only a training parameter changes: every data stage is reused.
+    changed = codeparrot_pipeline(
+        config=_config(corpus_dir, "train.learning_rate=0.005"), store_url=store.url
+    )
+    for stage in ("corpus", "documents", "tokenizer", "tokens"):
+        assert changed["stages"][stage] == result["stages"][stage]
+    assert changed["stages"]["training"] != result["stages"]["training"]
+
+
+def test_cli_reports_an_empty_corpus_clearly(prefect_server, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = main(["run", "--set", f"corpus.roots=[{empty}]", "--store", str(tmp_path / "s")])
+    assert code == 2
+    assert "corpus is empty" in capsys.readouterr().err
+    assert not list((tmp_path / "s").glob("*/*/" + MANIFEST_NAME))
+
+
+def test_cli_reports_an_invalid_config_value(tmp_path, capsys):
+    assert main(["run", "--set", "train.batch_size=0", "--store", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "train.batch_size" in err and "greater than or equal to 1" in err
+
+
+def test_cli_print_config(capsys):
+    assert main(["run", "--preset", "smoke", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["n_layer"] == 2

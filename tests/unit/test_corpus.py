@@ -1,0 +1,93 @@
+"""Reading the corpus: skipped files are counted, other sources, clear errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from storage.stages import run_stage
+from tasks.corpus import CorpusConfig, CorpusError, ReadStats, iter_documents, take_snapshot
+
+LOG = logging.getLogger("tests")
+
+
+def _read(store, config):
+    snapshot = take_snapshot(config)
+    params = {"config": config.model_dump(mode="json"), "fingerprint": snapshot.fingerprint()}
+    ref = run_stage(store, "corpus", params, {}, "t", snapshot.write, LOG)
+    stats = ReadStats()
+    return list(iter_documents(ref, stats)), stats
+
+
+def test_bad_files_are_skipped_and_counted(tmp_path, store):
+    root = tmp_path / "code"
+    root.mkdir()
+    (root / "good.py").write_text("import pandas as pd\n")
+    (root / "binary.py").write_bytes(b"import os\x00\x01")
+    (root / "latin1.py").write_bytes("name = 'caf\xe9'".encode("latin-1"))
+    (root / "big.py").write_text("x = 1\n" * 1000)
+    (root / "notes.txt").write_text("not python")
+    (root / "vanishing.py").write_text("x = 1")
+    config = CorpusConfig(roots=[str(root)], max_file_bytes=1000)
+    snapshot = take_snapshot(config)
+    ref = run_stage(store, "corpus", {"config": config.model_dump()}, {}, "t", snapshot.write, LOG)
+    (root / "vanishing.py").unlink()  # deleted after the listing: unreadable when streamed
+    stats = ReadStats()
+    docs = list(iter_documents(ref, stats))
+    assert [d.id for d in docs] == ["good.py"]
+    assert stats["skipped_binary"] == 1
+    assert stats["skipped_non_utf8"] == 1
+    assert stats["skipped_too_large"] == 1
+    assert stats["skipped_unreadable"] == 1
+    assert stats["seen"] == 5
+
+
+def test_read_limits_stop_the_stream(corpus_dir, store):
+    docs, stats = _read(store, CorpusConfig(roots=[str(corpus_dir)], max_files=7))
+    assert len(docs) == 7 and stats["read"] == 7
+
+
+def test_default_roots_are_site_packages():
+    from tasks.corpus import default_roots
+
+    assert any("site-packages" in root for root in default_roots())
+
+
+def test_empty_root_is_a_clear_error(tmp_path):
+    with pytest.raises(CorpusError, match="corpus is empty"):
+        take_snapshot(CorpusConfig(roots=[str(tmp_path)]))
+
+
+def test_missing_root_is_a_clear_error(tmp_path):
+    with pytest.raises(CorpusError, match="is not a folder"):
+        take_snapshot(CorpusConfig(roots=[str(tmp_path / "nope")]))
+
+
+def test_jsonl_and_parquet_sources(tmp_path, store):
+    records = [{"repo_name": "a/b", "path": f"f{i}.py", "content": f"x = {i}"} for i in range(3)]
+    (tmp_path / "part.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "part.parquet")
+    config = CorpusConfig(source="data_files", data_files=[str(tmp_path / "part.*")])
+    docs, _ = _read(store, config)
+    assert len(docs) == 6
+    assert docs[0].id == "a/b/f0.py" and docs[0].content == "x = 0"
+
+
+def test_data_file_without_content_column_is_a_clear_error(tmp_path, store):
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"code": "x = 1"}))
+    config = CorpusConfig(source="data_files", data_files=[str(tmp_path / "bad.jsonl")])
+    with pytest.raises(CorpusError, match="no 'content' column"):
+        _read(store, config)
+
+
+def test_hub_source_fails_fast_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    with pytest.raises(CorpusError, match="could not reach the Hugging Face Hub"):
+        take_snapshot(CorpusConfig(source="hub"))
+    assert time.perf_counter() - started < 30  # fails fast, not after minutes of retries

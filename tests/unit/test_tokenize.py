@@ -1,0 +1,96 @@
+"""Both chunking modes, and the shard format."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from storage.shards import TokenShardWriter, load_token_shards, token_dtype
+from storage.stages import StageRef, StageWriter
+from tasks.tokenize import (
+    Packer,
+    TokenizeConfig,
+    course_chunks,
+    encode_batch,
+    tokenize_documents,
+)
+
+
+def course_tokenize(tokenizer, contents: list[str], context_length: int) -> list[list[int]]:
+    """The course's tokenize function, verbatim in substance."""
+    outputs = tokenizer(
+        contents,
+        truncation=True,
+        max_length=context_length,
+        return_overflowing_tokens=True,
+        return_length=True,
+    )
+    input_batch = []
+    for length, input_ids in zip(outputs["length"], outputs["input_ids"], strict=True):
+        if length == context_length:
+            input_batch.append(input_ids)
+    return input_batch
+
+
+def test_course_mode_matches_the_course_function(tokenizer, documents_ref):
+    from storage.shards import iter_document_batches
+
+    contents = [text for batch in iter_document_batches(documents_ref, "train") for text in batch]
+    for context_length in (16, 128):
+        expected = course_tokenize(tokenizer, contents, context_length)
+        # the course's call above leaves truncation on in the backend: ours must not be cut short
+        ours = course_chunks(encode_batch(tokenizer, contents), context_length)
+        assert len(expected) > 0
+        assert ours.tolist() == expected
+
+
+def test_packed_mode_keeps_everything_but_the_final_remainder():
+    packer = Packer(context_length=4, eos_token_id=0)
+    rows = [packer.add([[1, 2, 3], [4, 5]]), packer.add([[6, 7, 8, 9, 10]])]
+    stream = np.concatenate(rows).reshape(-1).tolist()
+    assert stream == [1, 2, 3, 0, 4, 5, 0, 6, 7, 8, 9, 10]
+    assert packer.remainder == 1  # the EOS after the last file waits for a row
+
+
+def test_course_chunks_drop_short_files_and_tails():
+    rows = course_chunks([[1, 2, 3], [1, 2, 3, 4, 5, 6, 7, 8, 9]], context_length=4)
+    assert rows.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
+
+
+def test_shards_round_trip_as_uint16(store):
+    writer = StageWriter(store, "tokens", "k")
+    shards = TokenShardWriter(writer, "train", 8, token_dtype(50_000), rows=3)
+    data = np.arange(7 * 8).reshape(7, 8)
+    shards.add(data[:5])
+    shards.add(data[5:])
+    shards.flush()
+    assert shards.shard_rows == [3, 3, 1]
+    store.write_json(
+        "tokens/k/_manifest.json",
+        {
+            "stage": "tokens",
+            "key": "k",
+            "code_version": "t",
+            "params": {},
+            "inputs": {},
+            "parts": {k: v.model_dump() for k, v in writer.parts.items()},
+            "counts": {},
+            "created_at": "now",
+        },
+    )
+    arrays = load_token_shards(StageRef(stage="tokens", key="k", store_url=store.url), "train")
+    assert all(a.dtype == np.uint16 for a in arrays)
+    assert np.concatenate(arrays).tolist() == data.tolist()
+    assert token_dtype(70_000) == np.uint32
+
+
+def test_tokenize_documents_counts_both_splits(tokenizer, documents_ref, store):
+    writer = StageWriter(store, "tokens", "k")
+    config = TokenizeConfig(mode="packed", context_length=32, rows_per_shard=50)
+    counts = tokenize_documents(documents_ref, tokenizer, config, writer)
+    for split in ("train", "valid"):
+        # packed: every file plus one EOS, cut into rows; only the final remainder is dropped
+        assert (
+            counts[f"{split}_rows"]
+            == (counts[f"{split}_tokens"] + counts[f"{split}_documents"]) // 32
+        )
+        assert counts[f"{split}_shards"] >= 1
