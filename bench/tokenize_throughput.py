@@ -1,0 +1,83 @@
+"""Tokenization throughput: our tokenize stage beside raw ``tokenizers`` batch encoding.
+
+Both encode the same Python files (from this interpreter's site-packages) with the same
+byte-level BPE tokenizer; ours also chunks into rows and writes Arrow shards to a local store.
+
+    python bench/tokenize_throughput.py [--megabytes 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+from storage.shards import TokenShardWriter, token_dtype
+from storage.stages import StageWriter
+from storage.store import Store
+from tasks.corpus import decode_source, default_roots, list_python_files
+from tasks.tokenize import TokenizeConfig, tokenize_split
+from tasks.tokenizer import train_bpe_tokenizer
+
+
+def read_texts(megabytes: float) -> list[str]:
+    """Python files from site-packages, up to the given size."""
+    listing = list_python_files(default_roots())
+    texts, total = [], 0
+    for root, path in zip(listing["root"].to_pylist(), listing["path"].to_pylist(), strict=True):
+        with open(f"{root}/{path}", "rb") as f:
+            text, _ = decode_source(f.read())
+        if text:
+            texts.append(text)
+            total += len(text)
+        if total >= megabytes * 1e6:
+            break
+    return texts
+
+
+def batches(texts: list[str], size: int):
+    for i in range(0, len(texts), size):
+        yield texts[i : i + size]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--megabytes", type=float, default=20.0)
+    parser.add_argument("--vocab", type=int, default=8192)
+    args = parser.parse_args()
+    texts = read_texts(args.megabytes)
+    megabytes = sum(len(t) for t in texts) / 1e6
+    tokenizer = train_bpe_tokenizer(batches(texts[:2000], 500), args.vocab, 2)
+    config = TokenizeConfig()
+
+    start = time.perf_counter()
+    raw_tokens = sum(
+        len(e.ids)
+        for b in batches(texts, config.batch_size)
+        for e in tokenizer.backend_tokenizer.encode_batch(b, add_special_tokens=False)
+    )
+    raw_seconds = time.perf_counter() - start
+
+    results = {"raw tokenizers encode_batch": (raw_seconds, raw_tokens)}
+    for mode in ("course", "packed"):
+        mode_config = config.model_copy(update={"mode": mode})
+        with tempfile.TemporaryDirectory() as folder:
+            writer = StageWriter(Store(folder), "tokens", "bench")
+            shards = TokenShardWriter(writer, "train", 128, token_dtype(len(tokenizer)), 65_536)
+            start = time.perf_counter()
+            counts = tokenize_split(
+                batches(texts, config.batch_size), tokenizer, mode_config, shards
+            )
+            results[f"ours, {mode} mode + shards"] = (time.perf_counter() - start, counts["tokens"])
+
+    print(f"{len(texts)} files, {megabytes:.1f} MB of Python, vocab {len(tokenizer)}")
+    baseline = raw_seconds
+    for name, (seconds, tokens) in results.items():
+        print(
+            f"  {name:<30} {megabytes / seconds:7.2f} MB/s {tokens / seconds:>12,.0f} tokens/s"
+            f"   {baseline / seconds:5.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
