@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from functools import partial
 
 import torch
 import transformers
@@ -111,7 +112,7 @@ def evaluate_perplexity(
 ) -> StageRef:
     """Validation perplexity (plain loss) and sample completions of the trained model."""
     log = stage_logger()
-    build = lambda writer: evaluate_model(training, tokens, tokenizer, config, writer, log)  # noqa: E731
+    build = partial(evaluate_model, training, tokens, tokenizer, config, log=log)
     inputs = {"training": training, "tokens": tokens, "tokenizer": tokenizer}
     version = code_version(
         [sys.modules[__name__], tasks.generation, tasks.training.evaluation, tasks.training.data],

@@ -24,6 +24,7 @@ from tasks.corpus import CorpusError, Document, ReadStats, iter_documents
 from tasks.params import StageParams
 
 DEFAULT_KEYWORDS = ["pandas", "sklearn", "matplotlib", "seaborn"]
+PROGRESS_EVERY = 2_000  # files read between progress lines
 
 
 class FilterError(ValueError):
@@ -87,6 +88,8 @@ def filter_documents(
     seen_hashes: set[bytes] = set()
     counts = {"kept": 0, "duplicates": 0, "no_keyword": 0, "bytes_kept": 0}
     for doc in docs:
+        if progress is not None and read_stats["read"] % PROGRESS_EVERY == 0:
+            progress({**read_stats, **counts})
         if not contains_any_keyword(doc.content, config.keywords):
             counts["no_keyword"] += 1
             continue
@@ -102,8 +105,6 @@ def filter_documents(
         shards[split].add(doc.id, doc.content)
         counts["kept"] += 1
         counts["bytes_kept"] += len(doc.content)
-        if progress is not None and read_stats["read"] % 2000 == 0:
-            progress({**read_stats, **counts})
     for shard in shards.values():
         shard.flush()
 
@@ -140,9 +141,10 @@ def filter_by_keywords(corpus: StageRef, config: FilterConfig, store_url: str) -
 
     def build(writer: StageWriter) -> dict[str, int]:
         stats = ReadStats()
-        report = lambda c: log.info(  # noqa: E731
-            "filter: %d files read, %d kept, %d duplicates", c["read"], c["kept"], c["duplicates"]
-        )
+
+        def report(counts: dict[str, int]) -> None:
+            log.info("filter: %d files read, %d kept", counts["read"], counts["kept"])
+
         return filter_documents(iter_documents(corpus, stats), config, writer, stats, report)
 
     version = code_version([sys.modules[__name__], tasks.corpus, storage.shards])

@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -180,7 +181,7 @@ def publish_model(sources: dict[str, StageRef], config: PublishConfig, store_url
     """Publish the trained model with its tokenizer and model card; move LATEST to it."""
     log = stage_logger()
     store = Store(store_url)
-    build = lambda writer: publish_folder(sources, config, writer, log)  # noqa: E731
+    build = partial(publish_folder, sources, config, log=log)
     version = code_version([sys.modules[__name__]], transformers.__version__)
     ref = run_stage(store, models_area(config.model_name), config, sources, version, build, log)
     set_latest(store, config.model_name, ref.key)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -136,7 +137,7 @@ def tokenize_documents(
         shards = TokenShardWriter(
             writer, split, config.context_length, dtype, config.rows_per_shard
         )
-        split_progress = (lambda d, r, s=split: progress(s, d, r)) if progress else None
+        split_progress = partial(progress, split) if progress else None
         batches = iter_document_batches(documents, split, config.batch_size)
         split_counts = tokenize_split(batches, tokenizer, config, shards, split_progress)
         if split_counts["rows"] == 0:
@@ -164,7 +165,7 @@ def tokenize_to_shards(
         if calls["n"] % every == 0:
             log.info("tokenize %s: %d files, %d rows", split, docs, rows)
 
-    build = lambda writer: tokenize_documents(documents, loaded, config, writer, progress)  # noqa: E731
+    build = partial(tokenize_documents, documents, loaded, config, progress=progress)
     inputs = {"documents": documents, "tokenizer": tokenizer}
     version = code_version([sys.modules[__name__], storage.shards], tokenizers.__version__)
     ref = run_stage(Store(store_url), "tokens", config, inputs, version, build, log)

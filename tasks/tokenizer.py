@@ -10,6 +10,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import tokenizers
@@ -125,9 +126,8 @@ def tokenizer_folder(ref: StageRef) -> Path:
 def train_tokenizer(documents: StageRef, config: TokenizerConfig, store_url: str) -> StageRef:
     """Train a byte-level BPE tokenizer on the training split, or load the configured one."""
     log = stage_logger()
-    build = lambda writer: build_tokenizer(  # noqa: E731
-        config, iter_document_batches(documents, "train", batch_size=1000), writer
-    )
+    texts = iter_document_batches(documents, "train", batch_size=1000)  # lazy: read if built
+    build = partial(build_tokenizer, config, texts)
     # A loaded tokenizer does not depend on our documents; a trained one does.
     inputs = {} if config.pretrained else {"documents": documents}
     version = code_version([sys.modules[__name__]], tokenizers.__version__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from functools import partial
 
 import accelerate
 import torch
@@ -95,9 +96,7 @@ def train_model(
 ) -> StageRef:
     """Train GPT-2 from scratch with the Accelerate loop; the model lands in the store."""
     log = stage_logger()
-    build = lambda writer: train_from_shards(  # noqa: E731
-        tokens, tokenizer, model_config, train_config, writer, log
-    )
+    build = partial(train_from_shards, tokens, tokenizer, model_config, train_config, log=log)
     params = {
         "model": model_config.model_dump(mode="json"),
         "train": train_config.model_dump(mode="json"),

@@ -104,4 +104,4 @@ def test_cli_reports_an_invalid_config_value(tmp_path, capsys):
 
 def test_cli_print_config(capsys):
     assert main(["run", "--preset", "smoke", "--print-config"]) == 0
-    assert json.loads(capsys.readouterr().out)["model"]["n_layer"] == 2
+    assert json.loads(capsys.readouterr().out)["model"]["n_layer"] == 4
