@@ -22,6 +22,7 @@ import sysconfig
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import fsspec
@@ -158,14 +159,19 @@ class Snapshot:
     listing: pa.Table | None = None
     hub_source: dict[str, str] | None = None
 
+    @cached_property
+    def listing_bytes(self) -> bytes:
+        """The listing as a Parquet file."""
+        buffer = io.BytesIO()
+        pq.write_table(self.listing, buffer)
+        return buffer.getvalue()
+
     def fingerprint(self) -> str:
         """A hash of the snapshot, so the stage key changes when the corpus does."""
         if self.hub_source is not None:
             blob = json.dumps(self.hub_source, sort_keys=True).encode()
         else:
-            buffer = io.BytesIO()
-            pq.write_table(self.listing, buffer)
-            blob = buffer.getvalue()
+            blob = self.listing_bytes
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def write(self, writer: StageWriter) -> dict[str, int | str]:
@@ -173,9 +179,7 @@ class Snapshot:
         if self.hub_source is not None:
             writer.write_json(SOURCE_PART, self.hub_source)
             return {"source": "hub", "revision": self.hub_source["rev"]}
-        buffer = io.BytesIO()
-        pq.write_table(self.listing, buffer)
-        writer.write_bytes(LISTING_PART, buffer.getvalue())
+        writer.write_bytes(LISTING_PART, self.listing_bytes)
         return {"files": self.listing.num_rows, "bytes": int(pc.sum(self.listing["size"]).as_py())}
 
 
