@@ -108,14 +108,6 @@ class Store:
         else:
             self.fs.put_file(str(local_path), self._path(rel))
 
-    def list_files(self, rel: str) -> list[str]:
-        """All object paths below a folder, relative to that folder, sorted."""
-        base = self._path(rel).rstrip("/")
-        if not self.fs.exists(base):
-            return []
-        found = self.fs.find(base)
-        return sorted(p[len(base) + 1 :] for p in found if not p.endswith("/"))
-
     def remove(self, rel: str) -> None:
         """Delete an object or a folder and everything below it; missing is fine."""
         path = self._path(rel)

@@ -105,3 +105,33 @@ def test_cli_reports_an_invalid_config_value(tmp_path, capsys):
 def test_cli_print_config(capsys):
     assert main(["run", "--preset", "smoke", "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out)["model"]["n_layer"] == 4
+
+
+def test_io_errors_are_retried_and_user_errors_are_not(prefect_server):
+    from prefect import flow, task
+
+    from tasks.common import retry_on_io_error
+
+    calls = {"io": 0, "value": 0}
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_on_io_error)
+    def flaky_io():
+        calls["io"] += 1
+        if calls["io"] == 1:
+            raise OSError("connection reset")
+        return "ok"
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_on_io_error)
+    def bad_value():
+        calls["value"] += 1
+        raise ValueError("invalid setting")
+
+    @flow
+    def both():
+        result = flaky_io()
+        with pytest.raises(ValueError):
+            bad_value()
+        return result
+
+    assert both() == "ok"
+    assert calls == {"io": 2, "value": 1}
