@@ -43,13 +43,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Complete a prompt with a published model (the newest in the store unless --model)."""
-    from storage.store import Store
+    from storage.store import Store, fetch_folder
     from tasks.generation import complete, load_generator
-    from tasks.publish import latest_model_uri
+    from tasks.publish import latest_model, published_folder
 
-    model = args.model or latest_model_uri(Store(args.store), args.name)
-    if "://" in model:
-        model = str(Store(model).local_path(""))
+    if args.model:
+        model = str(fetch_folder(args.model)) if "://" in args.model else args.model
+    else:
+        model = str(published_folder(latest_model(Store(args.store), args.name)))
     prompt = args.prompt if args.prompt.endswith("\n") else args.prompt + "\n"
     completion = complete(load_generator(model), prompt, args.max_new_tokens, args.temperature)
     print(prompt + completion)

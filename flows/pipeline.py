@@ -7,7 +7,8 @@ from typing import Any
 from prefect import flow
 
 from flows.config import PipelineConfig
-from storage.store import DEFAULT_STORE_URL, normalize_store_url
+from storage.results import ensure_result_storage
+from storage.store import DEFAULT_STORE_URL, Store, normalize_store_url
 from tasks.corpus import stream_corpus
 from tasks.evaluate import SCATTER_PROMPT, evaluate_perplexity
 from tasks.filtering import filter_by_keywords
@@ -28,6 +29,8 @@ def codeparrot_pipeline(
     Every stage is found done in the store when its inputs, parameters and code are unchanged.
     """
     store_url = normalize_store_url(store_url)
+    Store(store_url).check_access()
+    ensure_result_storage()
     corpus = stream_corpus(config.corpus, store_url)
     documents = filter_by_keywords(corpus, config.filter, store_url)
     tokenizer = train_tokenizer(documents, config.tokenizer, store_url)

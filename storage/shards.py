@@ -15,9 +15,18 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from storage.stages import StageRef, StageWriter, read_manifest
+from storage.stages import (
+    Manifest,
+    StageRef,
+    StageWriter,
+    part_file,
+    part_names,
+    read_manifest,
+    read_part,
+)
 
 UINT16_VOCAB_LIMIT = 1 << 16
+SPLITS = ("train", "valid")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -44,12 +53,15 @@ class DocumentShardWriter:
         self.documents = 0
 
     def add(self, doc_id: str, content: str) -> None:
-        """Add one document, writing a shard when the buffer is full."""
+        """Buffer one document; the caller flushes when ``full``."""
         self.ids.append(doc_id)
         self.contents.append(content)
         self.buffered_bytes += len(content)
-        if self.buffered_bytes >= self.max_shard_bytes:
-            self.flush()
+
+    @property
+    def full(self) -> bool:
+        """Whether the buffer holds a shard's worth of code."""
+        return self.buffered_bytes >= self.max_shard_bytes
 
     def flush(self) -> None:
         """Write whatever is buffered as one shard."""
@@ -64,14 +76,20 @@ class DocumentShardWriter:
         self.ids, self.contents, self.buffered_bytes = [], [], 0
 
 
+def iter_shard_batches(
+    ref: StageRef, name: str, batch_size: int = 256, manifest: Manifest | None = None
+) -> Iterator[list[str]]:
+    """Yield the contents of one document shard in batches, after checking its checksum."""
+    parquet = pq.ParquetFile(io.BytesIO(read_part(ref, name, manifest)))
+    for batch in parquet.iter_batches(batch_size=batch_size, columns=["content"]):
+        yield batch.column("content").to_pylist()
+
+
 def iter_document_batches(ref: StageRef, split: str, batch_size: int = 256) -> Iterator[list[str]]:
     """Yield the contents of a split's documents in batches, shard by shard, in order."""
-    store = ref.store()
-    for name in sorted(p for p in read_manifest(ref).parts if p.startswith(f"{split}/")):
-        with store.fs.open(f"{store.root}/{ref.prefix}/{name}", "rb") as f:
-            parquet = pq.ParquetFile(f)
-            for batch in parquet.iter_batches(batch_size=batch_size, columns=["content"]):
-                yield batch.column("content").to_pylist()
+    manifest = read_manifest(ref)
+    for name in part_names(ref, split, manifest):
+        yield from iter_shard_batches(ref, name, batch_size, manifest)
 
 
 class TokenShardWriter:
@@ -122,12 +140,12 @@ class TokenShardWriter:
 def load_token_shards(ref: StageRef, split: str) -> list[np.ndarray]:
     """Memory-map every token shard of a split as a (rows, context_length) array, in order.
 
-    A remote store's shards are downloaded to the local cache first.
+    Each shard is checked against its manifest; a remote store's shards are cached locally.
     """
-    store = ref.store()
+    manifest = read_manifest(ref)
     arrays = []
-    for name in sorted(p for p in read_manifest(ref).parts if p.startswith(f"{split}/")):
-        path = store.local_path(f"{ref.prefix}/{name}")
+    for name in part_names(ref, split, manifest):
+        path = part_file(ref, name, manifest)
         table = ipc.open_file(pa.memory_map(str(path), "r")).read_all()
         column = table.column("input_ids").combine_chunks()
         values = column.values.to_numpy(zero_copy_only=True)

@@ -11,18 +11,33 @@ import hashlib
 import inspect
 import json
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from pydantic import BaseModel
 
-from storage.store import Store, StoreError
+from storage.lock import StageLock
+from storage.store import Store, StoreError, cache_root
 
 MANIFEST_NAME = "_manifest.json"
+# Progress records of a stage that resumes part-wise; each commits the parts written before it.
+PROGRESS_DIR = "_progress"
+# Training checkpoints: the train stage keeps and validates these itself.
+CHECKPOINTS_DIR = "_checkpoints"
+LOCK_NAME = "_lock.json"
+# Prefect's cached task result for this output, written after the manifest.
+RESULT_RECORD = "_prefect_result"
 KEY_LENGTH = 20
+
+Log = logging.Logger | logging.LoggerAdapter
 
 
 class StageRef(BaseModel):
@@ -81,6 +96,10 @@ def code_version(modules: Iterable[ModuleType], *extra: str) -> str:
     return digest.hexdigest()[:12]
 
 
+class CorruptPartError(StoreError):
+    """A committed part's bytes differ from what its manifest recorded."""
+
+
 def stage_key(stage: str, params: dict[str, Any], inputs: dict[str, str], version: str) -> str:
     """The content key of a stage output."""
     blob = json.dumps(
@@ -89,6 +108,44 @@ def stage_key(stage: str, params: dict[str, Any], inputs: dict[str, str], versio
         default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:KEY_LENGTH]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Everything that decides where a stage's output lives: its name, parameters, inputs, code."""
+
+    stage: str
+    params: dict[str, Any]
+    inputs: dict[str, StageRef] = field(default_factory=dict)
+    version: str = ""
+
+    @classmethod
+    def of(
+        cls,
+        stage: str,
+        params: BaseModel | dict[str, Any],
+        inputs: dict[str, StageRef],
+        version: str,
+    ) -> StageSpec:
+        """A spec from a parameter model or dict."""
+        if isinstance(params, BaseModel):
+            params = params.model_dump(mode="json")
+        return cls(stage=stage, params=params, inputs=inputs, version=version)
+
+    @cached_property
+    def input_keys(self) -> dict[str, str]:
+        """Each input as ``stage/key``: what the output depends on, whatever store holds it."""
+        return {name: ref.prefix for name, ref in self.inputs.items()}
+
+    @cached_property
+    def key(self) -> str:
+        """The content key of the output."""
+        return stage_key(self.stage, self.params, self.input_keys, self.version)
+
+    @property
+    def prefix(self) -> str:
+        """The output's folder, relative to the store root."""
+        return f"{self.stage}/{self.key}"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -100,8 +157,12 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _progress_name(index: int) -> str:
+    return f"{PROGRESS_DIR}/{index:06d}.json"
+
+
 class StageWriter:
-    """Writes the parts of one stage output and commits them with a manifest."""
+    """Writes the parts of one stage output; progress records let an interrupted build resume."""
 
     def __init__(self, store: Store, stage: str, key: str) -> None:
         self.store = store
@@ -109,6 +170,10 @@ class StageWriter:
         self.key = key
         self.prefix = f"{stage}/{key}"
         self.parts: dict[str, PartInfo] = {}
+        # The states of the progress records an interrupted earlier attempt committed, in order.
+        self.resumed_states: list[dict[str, Any]] = []
+        self._recorded: set[str] = set()
+        self._records = 0
 
     def write_bytes(self, name: str, data: bytes) -> None:
         """Write one part from memory."""
@@ -132,14 +197,63 @@ class StageWriter:
             rel = path.relative_to(local_dir).as_posix()
             self.put_file(path, f"{name}/{rel}" if name else rel)
 
+    def record_progress(self, state: dict[str, Any]) -> None:
+        """Commit the parts written so far together with the state a resumed build starts from.
+
+        Call it only where every part written is complete and ``state`` describes exactly them.
+        """
+        new = {n: info for n, info in self.parts.items() if n not in self._recorded}
+        record = {"parts": {n: i.model_dump() for n, i in new.items()}, "state": state}
+        self.store.write_json(f"{self.prefix}/{_progress_name(self._records)}", record)
+        self._recorded.update(new)
+        self._records += 1
+
+    def recover(self, log: Log) -> None:
+        """Keep what earlier attempts committed through progress records; delete the rest.
+
+        A record is trusted only if every part it lists is there with its recorded size; the
+        first record that fails this ends the trusted sequence. Training checkpoints are left
+        to the train stage, which validates them itself.
+        """
+        while True:
+            name = _progress_name(self._records)
+            try:
+                record = self.store.read_json(f"{self.prefix}/{name}")
+            except FileNotFoundError:
+                break
+            parts = {n: PartInfo.model_validate(i) for n, i in record["parts"].items()}
+            if any(self.store.size(f"{self.prefix}/{n}") != p.size for n, p in parts.items()):
+                log.warning("%s: progress record %s lists a missing part; not trusted", self, name)
+                break
+            self.parts.update(parts)
+            self._recorded.update(parts)
+            self.resumed_states.append(record["state"])
+            self._records += 1
+        keep = set(self.parts) | {_progress_name(i) for i in range(self._records)} | {LOCK_NAME}
+        for rel in self.store.list_files(self.prefix):
+            if rel not in keep and not rel.startswith(f"{CHECKPOINTS_DIR}/"):
+                self.store.remove(f"{self.prefix}/{rel}")
+        if self._records:
+            log.info(
+                "%s: resuming after %d committed progress record(s), %d part(s) kept",
+                self.stage,
+                self._records,
+                len(self.parts),
+            )
+
+    def __str__(self) -> str:
+        return self.store.uri(self.prefix)
+
 
 def load_manifest(store: Store, stage: str, key: str) -> Manifest | None:
     """The committed manifest of a stage output, or None if it was never committed."""
     rel = f"{stage}/{key}/{MANIFEST_NAME}"
-    if not store.exists(rel):
+    try:
+        data = store.read_json(rel)
+    except FileNotFoundError:
         return None
     try:
-        return Manifest.model_validate(store.read_json(rel))
+        return Manifest.model_validate(data)
     except ValueError as err:
         raise StoreError(
             f"{store.uri(rel)} is not a valid manifest ({err}); delete that folder to recompute it"
@@ -148,44 +262,49 @@ def load_manifest(store: Store, stage: str, key: str) -> Manifest | None:
 
 def run_stage(
     store: Store,
-    stage: str,
-    params: BaseModel | dict[str, Any],
-    inputs: dict[str, StageRef],
-    version: str,
+    spec: StageSpec,
     build: Callable[[StageWriter], dict[str, Any]],
-    log: logging.Logger | logging.LoggerAdapter,
+    log: Log,
 ) -> StageRef:
-    """Return the committed output for these inputs, building and committing it if needed.
+    """Return the committed output for this spec, building and committing it if needed.
 
     ``build`` writes the parts through the writer it is given and returns the output's counts.
-    An output is visible only once its manifest is written, after every part.
+    An output is visible only once its manifest is written, after every part. Runs that build
+    the same output at once take turns through a lock in the output's folder: the second finds
+    the first's manifest when the lock is free.
     """
-    param_dict = params.model_dump(mode="json") if isinstance(params, BaseModel) else params
-    input_keys = {name: f"{ref.stage}/{ref.key}" for name, ref in inputs.items()}
-    key = stage_key(stage, param_dict, input_keys, version)
-    manifest = load_manifest(store, stage, key)
-    if manifest is not None:
-        log.info("%s: found committed output %s; nothing to do", stage, store.uri(f"{stage}/{key}"))
-        return StageRef(stage=stage, key=key, store_url=store.url, counts=manifest.counts)
+    manifest = load_manifest(store, spec.stage, spec.key)
+    if manifest is None:
+        lock = StageLock(store, f"{spec.prefix}/{LOCK_NAME}", log)
+        committed = lambda: load_manifest(store, spec.stage, spec.key)  # noqa: E731
+        with lock.hold(until=lambda: committed() is not None):
+            manifest = committed() or _build(store, spec, build, log)
+    else:
+        log.info("%s: found committed output %s; nothing to do", spec.stage, spec.prefix)
+    return StageRef(
+        stage=spec.stage, key=spec.key, store_url=store.url, counts=dict(manifest.counts)
+    )
 
-    writer = StageWriter(store, stage, key)
-    # Leftovers of an interrupted run were never committed: start from an empty folder.
-    store.remove(writer.prefix)
-    log.info("%s: building %s", stage, store.uri(writer.prefix))
+
+def _build(store: Store, spec: StageSpec, build: Callable, log: Log) -> Manifest:
+    writer = StageWriter(store, spec.stage, spec.key)
+    writer.recover(log)
+    log.info("%s: building %s", spec.stage, store.uri(writer.prefix))
     counts = build(writer)
     manifest = Manifest(
-        stage=stage,
-        key=key,
-        code_version=version,
-        params=param_dict,
-        inputs=input_keys,
+        stage=spec.stage,
+        key=spec.key,
+        code_version=spec.version,
+        params=spec.params,
+        inputs=spec.input_keys,
         parts=writer.parts,
         counts=counts,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     store.write_json(f"{writer.prefix}/{MANIFEST_NAME}", manifest.model_dump(mode="json"))
-    log.info("%s: committed %s", stage, store.uri(writer.prefix))
-    return StageRef(stage=stage, key=key, store_url=store.url, counts=counts)
+    log.info("%s: committed %s", spec.stage, store.uri(writer.prefix))
+    store.remove(f"{writer.prefix}/{PROGRESS_DIR}")
+    return manifest
 
 
 def read_manifest(ref: StageRef) -> Manifest:
@@ -194,3 +313,98 @@ def read_manifest(ref: StageRef) -> Manifest:
     if manifest is None:
         raise StoreError(f"{ref.uri} has no committed manifest; rerun the pipeline to rebuild it")
     return manifest
+
+
+def part_names(ref: StageRef, folder: str, manifest: Manifest | None = None) -> list[str]:
+    """The committed parts below a folder of an output, sorted."""
+    manifest = manifest or read_manifest(ref)
+    return sorted(n for n in manifest.parts if n.startswith(f"{folder}/"))
+
+
+def _expected(ref: StageRef, name: str, manifest: Manifest | None) -> PartInfo:
+    manifest = manifest or read_manifest(ref)
+    if name not in manifest.parts:
+        raise StoreError(f"{ref.uri} has no part {name!r}")
+    return manifest.parts[name]
+
+
+def _corrupt(ref: StageRef, name: str, expected: PartInfo, size: int, digest: str):
+    return CorruptPartError(
+        f"{ref.uri}/{name} is corrupt: {size} bytes with sha256 {digest[:16]}..., but its "
+        f"manifest committed {expected.size} bytes with sha256 {expected.sha256[:16]}.... "
+        f"It changed after it was written; delete {ref.uri} and rerun to recompute that stage"
+    )
+
+
+def read_part(ref: StageRef, name: str, manifest: Manifest | None = None) -> bytes:
+    """A committed part's bytes, checked against its manifest."""
+    expected = _expected(ref, name, manifest)
+    data = ref.store().read_bytes(f"{ref.prefix}/{name}")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != expected.sha256:
+        raise _corrupt(ref, name, expected, len(data), digest)
+    return data
+
+
+def part_file(ref: StageRef, name: str, manifest: Manifest | None = None) -> Path:
+    """A local file holding a committed part, checked against its manifest.
+
+    On a local store that is the stored file itself; a remote part is downloaded into a cache
+    named by its sha256, so a cached copy is complete and right by construction.
+    """
+    expected = _expected(ref, name, manifest)
+    store = ref.store()
+    local = store.local_file(f"{ref.prefix}/{name}")
+    if local is not None:
+        if not local.is_file():
+            raise StoreError(f"{ref.uri}/{name} is missing; delete {ref.uri} and rerun")
+        digest = sha256_file(local)
+        if digest != expected.sha256:
+            raise _corrupt(ref, name, expected, local.stat().st_size, digest)
+        return local
+    blob = cache_root() / "blobs" / expected.sha256[:2] / expected.sha256
+    if not blob.is_file():
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=blob.parent, prefix=".tmp-")
+        os.close(fd)
+        try:
+            store.get_file(f"{ref.prefix}/{name}", tmp)
+            digest = sha256_file(tmp)
+            if digest != expected.sha256:
+                raise _corrupt(ref, name, expected, os.path.getsize(tmp), digest)
+            os.replace(tmp, blob)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return blob
+
+
+def part_folder(ref: StageRef, folder: str) -> Path:
+    """A local folder holding every committed part below ``folder``, each one checked.
+
+    ``folder`` may be ``""`` for the whole output.
+    """
+    manifest = read_manifest(ref)
+    names = sorted(n for n in manifest.parts if not folder or n.startswith(f"{folder}/"))
+    if not names:
+        raise StoreError(f"{ref.uri} has no parts under {folder!r}")
+    files = {n[len(folder) + 1 :] if folder else n: part_file(ref, n, manifest) for n in names}
+    store = ref.store()
+    if store.is_local:
+        return Path(store.local_file(f"{ref.prefix}/{folder}" if folder else ref.prefix))
+    digest = hashlib.sha256(f"{ref.uri}/{folder}".encode()).hexdigest()[:24]
+    target = cache_root() / "folders" / digest
+    if not target.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+        for rel, blob in files.items():
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(blob, staging / rel)
+            except OSError:
+                shutil.copyfile(blob, staging / rel)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished the same folder first
+            shutil.rmtree(staging, ignore_errors=True)
+    return target

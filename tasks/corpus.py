@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import site
@@ -29,12 +30,19 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from prefect import task
 from pydantic import Field
 
-from storage.stages import StageRef, StageWriter, code_version, read_manifest, run_stage
+from storage.stages import (
+    StageRef,
+    StageSpec,
+    StageWriter,
+    code_version,
+    read_manifest,
+    read_part,
+    run_stage,
+)
 from storage.store import Store
-from tasks.common import IO_RETRIES, retry_on_io_error, stage_logger
+from tasks.common import stage_logger, stage_task
 from tasks.params import StageParams
 
 DEFAULT_HUB_DATASET = "huggingface-course/codeparrot-ds-train"
@@ -216,9 +224,9 @@ def decode_source(data: bytes) -> tuple[str | None, str | None]:
         return None, "non_utf8"
 
 
-def _iter_python_files(listing: pa.Table, config: CorpusConfig, stats: ReadStats):
+def _iter_python_files(listing: pa.Table, config: CorpusConfig, stats: ReadStats, skip: int):
     columns = (listing[name].to_pylist() for name in ("root", "path", "size"))
-    for root, rel, size in zip(*columns, strict=True):
+    for root, rel, size in itertools.islice(zip(*columns, strict=True), skip, None):
         stats["seen"] += 1
         if size > config.max_file_bytes:
             stats["skipped_too_large"] += 1
@@ -243,8 +251,11 @@ def _record_id(record: dict, fallback: str) -> str:
     return str(record.get("id") or fallback)
 
 
-def _iter_records(records: Iterator[dict], origin: str, config: CorpusConfig, stats: ReadStats):
-    for row, record in enumerate(records):
+def _iter_records(
+    records: Iterator[tuple[str, int, dict]], config: CorpusConfig, stats: ReadStats, skip: int
+):
+    """Documents from (origin, row, record) triples, after the first ``skip`` records."""
+    for origin, row, record in itertools.islice(records, skip, None):
         stats["seen"] += 1
         if "content" not in record:
             raise CorpusError(
@@ -285,47 +296,55 @@ def _iter_hub(source: dict) -> Iterator[dict]:
     yield from stream
 
 
-def iter_documents(ref: StageRef, stats: ReadStats) -> Iterator[Document]:
+def iter_documents(ref: StageRef, stats: ReadStats, skip: int = 0) -> Iterator[Document]:
     """Stream the documents of a committed corpus snapshot, applying its read limits.
 
-    Skipped files are counted in ``stats`` (by reason), never raised.
+    Skipped files are counted in ``stats`` (by reason), never raised. ``skip`` passes over the
+    first source entries without reading them, to resume after ``stats["seen"]`` entries; the
+    caller then hands in the stats it had at that point.
     """
-    store = ref.store()
     manifest = read_manifest(ref)
     config = CorpusConfig.model_validate(manifest.params["config"])
-    parts = manifest.parts
-    if SOURCE_PART in parts:
-        docs = _iter_records(
-            _iter_hub(store.read_json(f"{ref.prefix}/{SOURCE_PART}")), "hub", config, stats
-        )
+    if SOURCE_PART in manifest.parts:
+        source = json.loads(read_part(ref, SOURCE_PART, manifest))
+        records = (("hub", row, rec) for row, rec in enumerate(_iter_hub(source)))
+        docs = _iter_records(records, config, stats, skip)
     else:
-        listing = pq.read_table(io.BytesIO(store.read_bytes(f"{ref.prefix}/{LISTING_PART}")))
+        listing = pq.read_table(io.BytesIO(read_part(ref, LISTING_PART, manifest)))
         if "url" in listing.column_names:
-            docs = (
-                doc
+            records = (
+                (url, row, rec)
                 for url in listing["url"].to_pylist()
-                for doc in _iter_records(_iter_data_file(url), url, config, stats)
+                for row, rec in enumerate(_iter_data_file(url))
             )
+            docs = _iter_records(records, config, stats, skip)
         else:
-            docs = _iter_python_files(listing, config, stats)
+            docs = _iter_python_files(listing, config, stats, skip)
+    if _limit_reached(config, stats):  # a resumed read that had already stopped
+        return
     for doc in docs:
-        size = len(doc.content.encode("utf-8", "surrogatepass"))
         stats["read"] += 1
-        stats["bytes_read"] += size
+        stats["bytes_read"] += len(doc.content.encode("utf-8", "surrogatepass"))
         yield doc
-        if config.max_files is not None and stats["read"] >= config.max_files:
-            return
-        if config.max_bytes is not None and stats["bytes_read"] >= config.max_bytes:
+        if _limit_reached(config, stats):
             return
 
 
-@task(name="stream-corpus", retry_condition_fn=retry_on_io_error, **IO_RETRIES)
+def _limit_reached(config: CorpusConfig, stats: ReadStats) -> bool:
+    if config.max_files is not None and stats["read"] >= config.max_files:
+        return True
+    return config.max_bytes is not None and stats["bytes_read"] >= config.max_bytes
+
+
+# Never cached by Prefect: the snapshot must look at the source each time to see changes.
+@stage_task("stream-corpus", None)
 def stream_corpus(config: CorpusConfig, store_url: str) -> StageRef:
     """Snapshot the configured corpus source into the store."""
     log = stage_logger()
     snapshot = take_snapshot(config)
     params = {"config": config.model_dump(mode="json"), "fingerprint": snapshot.fingerprint()}
     version = code_version([sys.modules[__name__]])
-    ref = run_stage(Store(store_url), "corpus", params, {}, version, snapshot.write, log)
+    spec = StageSpec.of("corpus", params, {}, version)
+    ref = run_stage(Store(store_url), spec, snapshot.write, log)
     log.info("corpus: %s", ref.counts)
     return ref

@@ -8,7 +8,6 @@ from functools import partial
 
 import torch
 import transformers
-from prefect import task
 from pydantic import Field
 from transformers import GPT2LMHeadModel
 
@@ -16,9 +15,16 @@ import tasks.generation
 import tasks.training.data
 import tasks.training.evaluation
 from storage.shards import load_token_shards
-from storage.stages import StageRef, StageWriter, code_version, read_manifest, run_stage
+from storage.stages import (
+    StageRef,
+    StageSpec,
+    StageWriter,
+    code_version,
+    read_manifest,
+    run_stage,
+)
 from storage.store import Store
-from tasks.common import stage_logger
+from tasks.common import stage_logger, stage_task
 from tasks.generation import complete, load_generator
 from tasks.params import StageParams
 from tasks.tokenizer import load_stage_tokenizer
@@ -106,17 +112,25 @@ def evaluate_model(
     return {**metrics, "samples": samples}
 
 
-@task(name="evaluate-perplexity")
-def evaluate_perplexity(
-    training: StageRef, tokens: StageRef, tokenizer: StageRef, config: EvalConfig, store_url: str
-) -> StageRef:
-    """Validation perplexity (plain loss) and sample completions of the trained model."""
-    log = stage_logger()
-    build = partial(evaluate_model, training, tokens, tokenizer, config, log=log)
+def evaluate_spec(
+    training: StageRef, tokens: StageRef, tokenizer: StageRef, config: EvalConfig, **_
+) -> StageSpec:
+    """Where the evaluation of this model on these tokens lives."""
     inputs = {"training": training, "tokens": tokens, "tokenizer": tokenizer}
     version = code_version(
         [sys.modules[__name__], tasks.generation, tasks.training.evaluation, tasks.training.data],
         torch.__version__,
         transformers.__version__,
     )
-    return run_stage(Store(store_url), "evaluation", config, inputs, version, build, log)
+    return StageSpec.of("evaluation", config, inputs, version)
+
+
+@stage_task("evaluate-perplexity", evaluate_spec)
+def evaluate_perplexity(
+    training: StageRef, tokens: StageRef, tokenizer: StageRef, config: EvalConfig, store_url: str
+) -> StageRef:
+    """Validation perplexity (plain loss) and sample completions of the trained model."""
+    log = stage_logger()
+    build = partial(evaluate_model, training, tokens, tokenizer, config, log=log)
+    spec = evaluate_spec(training, tokens, tokenizer, config)
+    return run_stage(Store(store_url), spec, build, log)

@@ -10,16 +10,16 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Callable, Iterable
+from functools import partial
 
-from prefect import task
 from pydantic import Field, field_validator
 
 import storage.shards
 import tasks.corpus
-from storage.shards import DocumentShardWriter
-from storage.stages import StageRef, StageWriter, code_version, run_stage
+from storage.shards import SPLITS, DocumentShardWriter
+from storage.stages import StageRef, StageSpec, StageWriter, code_version, run_stage
 from storage.store import Store
-from tasks.common import IO_RETRIES, retry_on_io_error, stage_logger
+from tasks.common import stage_logger, stage_task
 from tasks.corpus import CorpusError, Document, ReadStats, iter_documents
 from tasks.params import StageParams
 
@@ -71,25 +71,35 @@ def is_validation(doc_id: str, valid_fraction: float, seed: int = 0) -> bool:
 
 
 def filter_documents(
-    docs: Iterable[Document],
+    open_documents: Callable[[ReadStats, int], Iterable[Document]],
     config: FilterConfig,
     writer: StageWriter,
-    read_stats: ReadStats,
     progress: Callable[[dict[str, int]], None] | None = None,
 ) -> dict[str, int]:
     """Filter, deduplicate and split the documents into train/valid shards; return the counts.
 
-    Raises a clear error when the corpus is empty or when nothing survives the filter.
+    ``open_documents(stats, skip)`` streams the corpus from source entry ``skip`` on, counting
+    into ``stats``. Each time a shard fills, both splits are flushed and a progress record
+    commits them with the read position and the duplicate hashes, so an interrupted run resumes
+    there. Raises a clear error when the corpus is empty or nothing survives the filter.
     """
-    shards = {
-        split: DocumentShardWriter(writer, split, config.max_shard_bytes)
-        for split in ("train", "valid")
-    }
-    seen_hashes: set[bytes] = set()
+    shards = {split: DocumentShardWriter(writer, split, config.max_shard_bytes) for split in SPLITS}
+    stats = ReadStats()
     counts = {"kept": 0, "duplicates": 0, "no_keyword": 0, "bytes_kept": 0}
-    for doc in docs:
-        if progress is not None and read_stats["read"] % PROGRESS_EVERY == 0:
-            progress({**read_stats, **counts})
+    seen_hashes: set[bytes] = set()
+    for state in writer.resumed_states:
+        seen_hashes.update(bytes.fromhex(h) for h in state["hashes"])
+    if writer.resumed_states:
+        last = writer.resumed_states[-1]
+        stats.update(last["read_stats"])
+        counts.update(last["counts"])
+        for split, (shard_count, documents) in last["shards"].items():
+            shards[split].shards, shards[split].documents = shard_count, documents
+    new_hashes: list[bytes] = []
+
+    for doc in open_documents(stats, stats["seen"]):
+        if progress is not None and stats["read"] % PROGRESS_EVERY == 0:
+            progress({**stats, **counts})
         if not contains_any_keyword(doc.content, config.keywords):
             counts["no_keyword"] += 1
             continue
@@ -99,55 +109,74 @@ def filter_documents(
                 counts["duplicates"] += 1
                 continue
             seen_hashes.add(digest)
+            new_hashes.append(digest)
         split = (
             "valid" if is_validation(doc.id, config.valid_fraction, config.split_seed) else "train"
         )
         shards[split].add(doc.id, doc.content)
         counts["kept"] += 1
         counts["bytes_kept"] += len(doc.content)
+        if shards[split].full:
+            for shard in shards.values():
+                shard.flush()
+            writer.record_progress(
+                {
+                    "read_stats": dict(stats),
+                    "counts": counts,
+                    "shards": {s: [w.shards, w.documents] for s, w in shards.items()},
+                    "hashes": [h.hex() for h in new_hashes],
+                }
+            )
+            new_hashes = []
     for shard in shards.values():
         shard.flush()
 
-    counts.update(read_stats)
-    counts["train_documents"] = shards["train"].documents
-    counts["valid_documents"] = shards["valid"].documents
-    counts["train_shards"] = shards["train"].shards
-    counts["valid_shards"] = shards["valid"].shards
-    if read_stats["read"] == 0:
-        skipped = {k: v for k, v in read_stats.items() if k.startswith("skipped")}
+    counts.update(stats)
+    for split in SPLITS:
+        counts[f"{split}_documents"] = shards[split].documents
+        counts[f"{split}_shards"] = shards[split].shards
+    _check_counts(counts, stats, config)
+    return counts
+
+
+def _check_counts(counts: dict[str, int], stats: ReadStats, config: FilterConfig) -> None:
+    if stats["read"] == 0:
+        skipped = {k: v for k, v in stats.items() if k.startswith("skipped")}
         raise CorpusError(
-            f"the corpus is empty: {read_stats['seen']} files seen, none readable as UTF-8 text "
+            f"the corpus is empty: {stats['seen']} files seen, none readable as UTF-8 text "
             f"(skipped: {skipped}); point the corpus at Python source files"
         )
     if counts["kept"] == 0:
         raise FilterError(
-            f"the keyword filter kept nothing: none of {read_stats['read']} files contains any of "
+            f"the keyword filter kept nothing: none of {stats['read']} files contains any of "
             f"{config.keywords}; widen filter.keywords or use a corpus with data-science code"
         )
-    for split in ("train", "valid"):
+    for split in SPLITS:
         if counts[f"{split}_documents"] == 0:
             raise FilterError(
                 f"the {split} split is empty ({counts['kept']} files kept, "
                 f"valid_fraction={config.valid_fraction}); adjust filter.valid_fraction "
                 "or read more files (corpus.max_files)"
             )
-    return counts
 
 
-@task(name="filter-by-keywords", retry_condition_fn=retry_on_io_error, **IO_RETRIES)
+def filter_spec(corpus: StageRef, config: FilterConfig, **_) -> StageSpec:
+    """Where the filtered documents of this corpus and config live."""
+    version = code_version([sys.modules[__name__], tasks.corpus, storage.shards])
+    return StageSpec.of("documents", config, {"corpus": corpus}, version)
+
+
+@stage_task("filter-by-keywords", filter_spec)
 def filter_by_keywords(corpus: StageRef, config: FilterConfig, store_url: str) -> StageRef:
     """Stream the corpus, keep data-science files, deduplicate, split; write Parquet shards."""
     log = stage_logger()
 
+    def report(counts: dict[str, int]) -> None:
+        log.info("filter: %d files read, %d kept", counts["read"], counts["kept"])
+
     def build(writer: StageWriter) -> dict[str, int]:
-        stats = ReadStats()
+        return filter_documents(partial(iter_documents, corpus), config, writer, report)
 
-        def report(counts: dict[str, int]) -> None:
-            log.info("filter: %d files read, %d kept", counts["read"], counts["kept"])
-
-        return filter_documents(iter_documents(corpus, stats), config, writer, stats, report)
-
-    version = code_version([sys.modules[__name__], tasks.corpus, storage.shards])
-    ref = run_stage(Store(store_url), "documents", config, {"corpus": corpus}, version, build, log)
+    ref = run_stage(Store(store_url), filter_spec(corpus, config), build, log)
     log.info("filter: %s", ref.counts)
     return ref

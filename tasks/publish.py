@@ -18,13 +18,20 @@ from pathlib import Path
 
 import torch
 import transformers
-from prefect import task
 from pydantic import Field
 from transformers import GenerationConfig
 
-from storage.stages import StageRef, StageWriter, code_version, read_manifest, run_stage
+from storage.stages import (
+    StageRef,
+    StageSpec,
+    StageWriter,
+    code_version,
+    part_folder,
+    read_manifest,
+    run_stage,
+)
 from storage.store import Store
-from tasks.common import IO_RETRIES, retry_on_io_error, stage_logger
+from tasks.common import stage_logger, stage_task
 from tasks.generation import complete, load_generator
 from tasks.params import StageParams
 from tasks.tokenizer import tokenizer_folder
@@ -165,25 +172,34 @@ def set_latest(store: Store, name: str, key: str) -> None:
     )
 
 
-def latest_model_uri(store: Store, name: str) -> str:
-    """The URL of the newest published version of a model."""
+def latest_model(store: Store, name: str) -> StageRef:
+    """The newest published version of a model."""
     rel = f"{models_area(name)}/{LATEST}"
-    if not store.exists(rel):
+    try:
+        latest = store.read_json(rel)
+    except FileNotFoundError:
         raise FileNotFoundError(
             f"no published model {name!r} in {store.url}: run `codeparrot-ds run` first, "
             "or pass --model with a model folder"
-        )
-    return store.read_json(rel)["uri"]
+        ) from None
+    return StageRef(stage=models_area(name), key=latest["version"], store_url=store.url)
 
 
-@task(name="publish-model", retry_condition_fn=retry_on_io_error, **IO_RETRIES)
+def published_folder(ref: StageRef) -> Path:
+    """A local folder holding a published model, every file checked against its manifest."""
+    return part_folder(ref, "")
+
+
+# Not cached by Prefect: a rerun must move LATEST back to this model even when it is published.
+@stage_task("publish-model", None)
 def publish_model(sources: dict[str, StageRef], config: PublishConfig, store_url: str) -> StageRef:
     """Publish the trained model with its tokenizer and model card; move LATEST to it."""
     log = stage_logger()
     store = Store(store_url)
     build = partial(publish_folder, sources, config, log=log)
     version = code_version([sys.modules[__name__]], transformers.__version__)
-    ref = run_stage(store, models_area(config.model_name), config, sources, version, build, log)
+    spec = StageSpec.of(models_area(config.model_name), config, sources, version)
+    ref = run_stage(store, spec, build, log)
     set_latest(store, config.model_name, ref.key)
     log.info("published %s", ref.uri)
     return ref

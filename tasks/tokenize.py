@@ -11,20 +11,28 @@ Two chunking modes:
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Literal
 
 import numpy as np
 import tokenizers
-from prefect import task
 from pydantic import Field
 
 import storage.shards
-from storage.shards import TokenShardWriter, iter_document_batches, token_dtype
-from storage.stages import StageRef, StageWriter, code_version, run_stage
+from storage.shards import SPLITS, TokenShardWriter, iter_shard_batches, token_dtype
+from storage.stages import (
+    StageRef,
+    StageSpec,
+    StageWriter,
+    code_version,
+    part_names,
+    read_manifest,
+    run_stage,
+)
 from storage.store import Store
-from tasks.common import IO_RETRIES, retry_on_io_error, stage_logger
+from tasks.common import stage_logger, stage_task
 from tasks.params import StageParams
 from tasks.tokenizer import load_stage_tokenizer
 
@@ -37,7 +45,8 @@ class TokenizeConfig(StageParams):
     context_length: int = Field(default=128, ge=8, le=8192)
     """Tokens per row (the course's context length is 128)."""
     rows_per_shard: int = Field(default=65_536, ge=1)
-    """Rows per Arrow shard: 65,536 rows * 128 tokens * 2 bytes = 16 MiB."""
+    """Most rows per Arrow shard (65,536 * 128 tokens * 2 bytes = 16 MiB); every document
+    shard's rows start a new token shard, which is what lets the stage resume shard-wise."""
     batch_size: int = Field(default=256, ge=1)
     """Documents encoded per call to the tokenizer."""
 
@@ -92,35 +101,28 @@ def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
     return [enc.ids for enc in backend.encode_batch(texts, add_special_tokens=False)]
 
 
-def tokenize_split(
+def tokenize_batches(
     batches: Iterable[list[str]],
     tokenizer,
-    config: TokenizeConfig,
+    mode: str,
+    packer: Packer,
     shards: TokenShardWriter,
+    counts: Counter,
     progress: Callable[[int, int], None] | None = None,
-) -> dict[str, int]:
-    """Tokenize a stream of document batches into shards; return the split's counts."""
-    packer = Packer(config.context_length, tokenizer.eos_token_id)
-    documents = tokens = rows = 0
+) -> None:
+    """Tokenize a stream of document batches into rows, adding to the split's counts."""
     for texts in batches:
         token_lists = encode_batch(tokenizer, texts)
-        if config.mode == "course":
-            block = course_chunks(token_lists, config.context_length)
+        if mode == "course":
+            block = course_chunks(token_lists, packer.context_length)
         else:
             block = packer.add(token_lists)
         shards.add(block)
-        documents += len(texts)
-        tokens += sum(len(ids) for ids in token_lists)
-        rows += len(block)
+        counts["documents"] += len(texts)
+        counts["tokens"] += sum(len(ids) for ids in token_lists)
+        counts["rows"] += len(block)
         if progress is not None:
-            progress(documents, rows)
-    shards.flush()
-    return {
-        "documents": documents,
-        "tokens": tokens,
-        "rows": rows,
-        "shards": len(shards.shard_rows),
-    }
+            progress(counts["documents"], counts["rows"])
 
 
 def tokenize_documents(
@@ -130,27 +132,71 @@ def tokenize_documents(
     writer: StageWriter,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, int]:
-    """Tokenize both splits of a filtered-documents output into token shards; return counts."""
+    """Tokenize both splits of a filtered-documents output into token shards; return counts.
+
+    Document shard by document shard: after each one its token rows are flushed and a progress
+    record commits them with the packer's carry, so an interrupted run resumes at the next one.
+    """
     dtype = token_dtype(len(tokenizer))
-    counts: dict[str, int] = {"context_length": config.context_length, "vocab_size": len(tokenizer)}
-    for split in ("train", "valid"):
+    manifest = read_manifest(documents)
+    resumed = writer.resumed_states[-1] if writer.resumed_states else None
+    counts: dict[str, int] = (
+        resumed["counts"]
+        if resumed
+        else {"context_length": config.context_length, "vocab_size": len(tokenizer)}
+    )
+    for split in SPLITS:
+        if resumed and SPLITS.index(split) < SPLITS.index(resumed["split"]):
+            continue  # finished before the interruption; its counts are in ``counts``
+        here = resumed if resumed and resumed["split"] == split else None
+        names = part_names(documents, split, manifest)
         shards = TokenShardWriter(
             writer, split, config.context_length, dtype, config.rows_per_shard
         )
+        packer = Packer(config.context_length, tokenizer.eos_token_id)
+        split_counts = Counter({"documents": 0, "tokens": 0, "rows": 0})
+        if here:
+            shards.shard_rows = list(here["shard_rows"])
+            packer.carry = np.asarray(here["carry"], dtype=np.int64)
+            split_counts.update(here["split_counts"])
         split_progress = partial(progress, split) if progress else None
-        batches = iter_document_batches(documents, split, config.batch_size)
-        split_counts = tokenize_split(batches, tokenizer, config, shards, split_progress)
+        for index in range(here["next_shard"] if here else 0, len(names)):
+            batches = iter_shard_batches(documents, names[index], config.batch_size, manifest)
+            tokenize_batches(
+                batches, tokenizer, config.mode, packer, shards, split_counts, split_progress
+            )
+            shards.flush()
+            writer.record_progress(
+                {
+                    "split": split,
+                    "next_shard": index + 1,
+                    "carry": packer.carry.tolist(),
+                    "split_counts": dict(split_counts),
+                    "shard_rows": shards.shard_rows,
+                    "counts": counts,
+                }
+            )
         if split_counts["rows"] == 0:
             raise ValueError(
                 f"the {split} split yields no {config.context_length}-token row "
                 f"({split_counts['tokens']} tokens in {split_counts['documents']} files); "
                 "use tokenize.mode=packed, a shorter context_length, or a larger corpus"
             )
+        split_counts["shards"] = len(shards.shard_rows)
         counts.update({f"{split}_{name}": value for name, value in split_counts.items()})
     return counts
 
 
-@task(name="tokenize-to-shards", retry_condition_fn=retry_on_io_error, **IO_RETRIES)
+def tokenize_spec(
+    documents: StageRef, tokenizer: StageRef, config: TokenizeConfig, **_
+) -> StageSpec:
+    """Where the token shards of these documents, tokenizer and config live."""
+    inputs = {"documents": documents, "tokenizer": tokenizer}
+    version = code_version([sys.modules[__name__], storage.shards], tokenizers.__version__)
+    return StageSpec.of("tokens", config, inputs, version)
+
+
+@stage_task("tokenize-to-shards", tokenize_spec)
 def tokenize_to_shards(
     documents: StageRef, tokenizer: StageRef, config: TokenizeConfig, store_url: str
 ) -> StageRef:
@@ -166,8 +212,6 @@ def tokenize_to_shards(
             log.info("tokenize %s: %d files, %d rows", split, docs, rows)
 
     build = partial(tokenize_documents, documents, loaded, config, progress=progress)
-    inputs = {"documents": documents, "tokenizer": tokenizer}
-    version = code_version([sys.modules[__name__], storage.shards], tokenizers.__version__)
-    ref = run_stage(Store(store_url), "tokens", config, inputs, version, build, log)
+    ref = run_stage(Store(store_url), tokenize_spec(documents, tokenizer, config), build, log)
     log.info("tokenize: %s", ref.counts)
     return ref

@@ -14,15 +14,14 @@ from functools import partial
 from pathlib import Path
 
 import tokenizers
-from prefect import task
 from pydantic import Field
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from storage.shards import iter_document_batches
-from storage.stages import StageRef, StageWriter, code_version, run_stage
-from storage.store import Store
-from tasks.common import IO_RETRIES, retry_on_io_error, stage_logger
+from storage.stages import StageRef, StageSpec, StageWriter, code_version, part_folder, run_stage
+from storage.store import Store, fetch_folder
+from tasks.common import stage_logger, stage_task
 from tasks.params import StageParams
 
 EOS_TOKEN = "<|endoftext|>"
@@ -79,7 +78,7 @@ def limit_bytes(batches: Iterator[list[str]], max_bytes: int | None) -> Iterator
 def load_pretrained_tokenizer(name: str):
     """Load a tokenizer from a local folder, a store/fsspec folder URL or a Hub name."""
     if "://" in name:
-        name = str(Store(name).local_path(""))
+        name = str(fetch_folder(name))
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as err:
@@ -119,18 +118,23 @@ def load_stage_tokenizer(ref: StageRef):
 
 def tokenizer_folder(ref: StageRef) -> Path:
     """A local folder holding the tokenizer of a committed tokenizer stage."""
-    return ref.store().local_path(f"{ref.prefix}/{TOKENIZER_DIR}")
+    return part_folder(ref, TOKENIZER_DIR)
 
 
-@task(name="train-tokenizer", retry_condition_fn=retry_on_io_error, **IO_RETRIES)
+def tokenizer_spec(documents: StageRef, config: TokenizerConfig, **_) -> StageSpec:
+    """Where the tokenizer for these documents and config lives."""
+    # A loaded tokenizer does not depend on our documents; a trained one does.
+    inputs = {} if config.pretrained else {"documents": documents}
+    version = code_version([sys.modules[__name__]], tokenizers.__version__)
+    return StageSpec.of("tokenizer", config, inputs, version)
+
+
+@stage_task("train-tokenizer", tokenizer_spec)
 def train_tokenizer(documents: StageRef, config: TokenizerConfig, store_url: str) -> StageRef:
     """Train a byte-level BPE tokenizer on the training split, or load the configured one."""
     log = stage_logger()
     texts = iter_document_batches(documents, "train", batch_size=1000)  # lazy: read if built
     build = partial(build_tokenizer, config, texts)
-    # A loaded tokenizer does not depend on our documents; a trained one does.
-    inputs = {} if config.pretrained else {"documents": documents}
-    version = code_version([sys.modules[__name__]], tokenizers.__version__)
-    ref = run_stage(Store(store_url), "tokenizer", config, inputs, version, build, log)
+    ref = run_stage(Store(store_url), tokenizer_spec(documents, config), build, log)
     log.info("tokenizer: %s", ref.counts)
     return ref

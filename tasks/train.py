@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 import tempfile
 from functools import partial
+from pathlib import Path
 
 import accelerate
 import torch
 import transformers
-from prefect import task
 
+import tasks.training.checkpoint
 import tasks.training.config
 import tasks.training.data
 import tasks.training.evaluation
@@ -18,11 +19,20 @@ import tasks.training.loop
 import tasks.training.loss
 import tasks.training.model
 from storage.shards import load_token_shards
-from storage.stages import StageRef, StageWriter, code_version, run_stage
+from storage.stages import (
+    CHECKPOINTS_DIR,
+    StageRef,
+    StageSpec,
+    StageWriter,
+    code_version,
+    part_folder,
+    run_stage,
+)
 from storage.store import Store
-from tasks.common import stage_logger
+from tasks.common import stage_logger, stage_task
 from tasks.tokenizer import load_stage_tokenizer
-from tasks.training.config import ModelConfig, TrainConfig
+from tasks.training.checkpoint import CheckpointStore
+from tasks.training.config import CHECKPOINT_FIELDS, ModelConfig, TrainConfig
 from tasks.training.data import TokenRows
 from tasks.training.loop import make_accelerator, train_model_loop
 from tasks.training.loss import resolve_key_tokens
@@ -31,6 +41,7 @@ from tasks.training.model import build_model, gpt2_config
 MODEL_DIR = "model"
 HISTORY_PART = "history.json"
 TRAINING_CODE = [
+    tasks.training.checkpoint,
     tasks.training.config,
     tasks.training.data,
     tasks.training.evaluation,
@@ -66,8 +77,11 @@ def train_from_shards(
     model = build_model(config, train_config.seed)
     parameters = sum(p.numel() for p in model.parameters())
     log.info("GPT-2 with %.1fM parameters, %d training rows", parameters / 1e6, len(train_rows))
+    checkpoints = CheckpointStore(
+        writer.store, f"{writer.prefix}/{CHECKPOINTS_DIR}", train_config.keep_checkpoints, log
+    )
     result = train_model_loop(
-        model, train_rows, valid_rows, keytoken_ids, train_config, accelerator, log
+        model, train_rows, valid_rows, keytoken_ids, train_config, accelerator, log, checkpoints
     )
     with tempfile.TemporaryDirectory(prefix="model-") as folder:
         accelerator.unwrap_model(model).save_pretrained(folder)
@@ -82,11 +96,31 @@ def train_from_shards(
         "final_train_loss": result.history[-1]["loss"],
         "final_valid_loss": result.evals[-1]["valid_loss"],
         "mixed_precision": result.mixed_precision,
+        "checkpoints": result.checkpoints,
+        "checkpoint_seconds": round(result.checkpoint_seconds, 2),
+        "resumed_from_step": result.resumed_from,
         "keytoken_ids": keytoken_ids,
     }
 
 
-@task(name="train-model")
+def train_spec(
+    tokens: StageRef, tokenizer: StageRef, model_config: ModelConfig, train_config: TrainConfig, **_
+) -> StageSpec:
+    """Where the model trained on these tokens with these settings lives."""
+    params = {
+        "model": model_config.model_dump(mode="json"),
+        "train": train_config.model_dump(mode="json", exclude=CHECKPOINT_FIELDS),
+    }
+    version = code_version(
+        [sys.modules[__name__], *TRAINING_CODE],
+        torch.__version__,
+        transformers.__version__,
+        accelerate.__version__,
+    )
+    return StageSpec.of("training", params, {"tokens": tokens, "tokenizer": tokenizer}, version)
+
+
+@stage_task("train-model", train_spec)
 def train_model(
     tokens: StageRef,
     tokenizer: StageRef,
@@ -94,25 +128,18 @@ def train_model(
     train_config: TrainConfig,
     store_url: str,
 ) -> StageRef:
-    """Train GPT-2 from scratch with the Accelerate loop; the model lands in the store."""
+    """Train GPT-2 from scratch with the Accelerate loop; the model lands in the store.
+
+    A rerun after a crash resumes from the newest checkpoint the crashed run committed.
+    """
     log = stage_logger()
     build = partial(train_from_shards, tokens, tokenizer, model_config, train_config, log=log)
-    params = {
-        "model": model_config.model_dump(mode="json"),
-        "train": train_config.model_dump(mode="json"),
-    }
-    inputs = {"tokens": tokens, "tokenizer": tokenizer}
-    version = code_version(
-        [sys.modules[__name__], *TRAINING_CODE],
-        torch.__version__,
-        transformers.__version__,
-        accelerate.__version__,
-    )
-    ref = run_stage(Store(store_url), "training", params, inputs, version, build, log)
+    spec = train_spec(tokens, tokenizer, model_config, train_config)
+    ref = run_stage(Store(store_url), spec, build, log)
     log.info("training: %s", ref.counts)
     return ref
 
 
-def model_folder(ref: StageRef):
+def model_folder(ref: StageRef) -> Path:
     """A local folder holding the weights and config of a committed training stage."""
-    return ref.store().local_path(f"{ref.prefix}/{MODEL_DIR}")
+    return part_folder(ref, MODEL_DIR)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 
 import pytest
 
-from storage.stages import StageRef, run_stage
+from storage.stages import StageRef, StageSpec, run_stage
 from storage.store import Store
 from tests.corpus_maker import make_corpus
 
@@ -39,21 +40,20 @@ def session_store(tmp_path_factory) -> Store:
 @pytest.fixture(scope="session")
 def documents_ref(corpus_dir, session_store) -> StageRef:
     """Filtered documents of the generated corpus."""
-    from tasks.corpus import CorpusConfig, ReadStats, iter_documents, take_snapshot
+    from tasks.corpus import CorpusConfig, iter_documents, take_snapshot
     from tasks.filtering import FilterConfig, filter_documents
 
     config = CorpusConfig(roots=[str(corpus_dir)])
     snapshot = take_snapshot(config)
-    corpus = run_stage(
-        session_store, "corpus", {"config": config.model_dump()}, {}, "t", snapshot.write, LOG
-    )
+    corpus_spec = StageSpec.of("corpus", {"config": config.model_dump()}, {}, "t")
+    corpus = run_stage(session_store, corpus_spec, snapshot.write, LOG)
     filter_config = FilterConfig(valid_fraction=0.2)
 
     def build(writer):
-        stats = ReadStats()
-        return filter_documents(iter_documents(corpus, stats), filter_config, writer, stats)
+        return filter_documents(partial(iter_documents, corpus), filter_config, writer)
 
-    return run_stage(session_store, "documents", filter_config, {"corpus": corpus}, "t", build, LOG)
+    spec = StageSpec.of("documents", filter_config, {"corpus": corpus}, "t")
+    return run_stage(session_store, spec, build, LOG)
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +65,8 @@ def tokenizer_ref(documents_ref, session_store) -> StageRef:
     config = TokenizerConfig(vocab_size=400)
     texts = iter_document_batches(documents_ref, "train")
     build = lambda writer: build_tokenizer(config, texts, writer)  # noqa: E731
-    return run_stage(session_store, "tokenizer", config, {"d": documents_ref}, "t", build, LOG)
+    spec = StageSpec.of("tokenizer", config, {"d": documents_ref}, "t")
+    return run_stage(session_store, spec, build, LOG)
 
 
 @pytest.fixture(scope="session")

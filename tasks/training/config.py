@@ -10,6 +10,8 @@ from pydantic import Field, model_validator
 from tasks.params import StageParams
 
 DEFAULT_KEY_TOKENS = ["plt", "pd", "sk", "fit", "predict"]
+# Settings that change how a run is kept safe, not what it computes: not part of the stage key.
+CHECKPOINT_FIELDS = {"checkpoint_interval", "keep_checkpoints"}
 
 
 class ModelConfig(StageParams):
@@ -70,6 +72,10 @@ class TrainConfig(StageParams):
     """Words whose tokens up-weight a sample (their space-prefixed forms count too)."""
     seed: int = 42
     """Seeds initialisation, dropout and data order."""
+    checkpoint_interval: int = Field(default=500, ge=1)
+    """Optimizer steps between checkpoints in the store (one is also saved at the end)."""
+    keep_checkpoints: int = Field(default=2, ge=1)
+    """Newest checkpoints kept; older ones are deleted."""
 
     def rows_per_step(self, num_processes: int = 1) -> int:
         """Sequences consumed by one optimizer step across all processes."""

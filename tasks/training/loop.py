@@ -12,8 +12,9 @@ import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
+from tasks.training.checkpoint import CheckpointStore, from_bytes, to_bytes
 from tasks.training.config import TrainConfig
-from tasks.training.data import BatchStream, TokenRows, sequential_batches
+from tasks.training.data import BatchStream, StreamPosition, TokenRows, sequential_batches
 from tasks.training.evaluation import evaluate_loss
 from tasks.training.loss import keytoken_weights, per_sample_loss
 from tasks.training.model import parameter_groups
@@ -28,14 +29,112 @@ class TrainResult:
     seconds: float
     mixed_precision: str
     eval_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
+    checkpoints: int = 0
+    resumed_from: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
 
+    def progress(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the run so far, so a resumed run reports the whole run."""
+        keep = ("steps", "tokens", "seconds", "eval_seconds", "checkpoint_seconds", "checkpoints")
+        return {
+            **{name: getattr(self, name) for name in keep},
+            "history": self.history,
+            "evals": self.evals,
+        }
+
     @property
     def tokens_per_second(self) -> float:
-        """Training throughput over the whole run, validation passes left out."""
-        train_seconds = self.seconds - self.eval_seconds
+        """Training throughput over the whole run, validation and checkpoints left out."""
+        train_seconds = self.seconds - self.eval_seconds - self.checkpoint_seconds
         return self.tokens / train_seconds if train_seconds > 0 else 0.0
+
+
+STATE_FILE = "state.pt"
+
+
+def _rank_file(rank: int) -> str:
+    return f"rank-{rank}.pt"
+
+
+def _rng_state() -> dict[str, Any]:
+    # Only torch's generators drive randomness in the loop (dropout); the data order has its own.
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    checkpoints: CheckpointStore,
+    step: int,
+    position: StreamPosition,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    accelerator: Accelerator,
+    result: TrainResult,
+) -> None:
+    """Save everything a resumed run needs to continue exactly; commit it once all ranks wrote."""
+    rank_state = {"rng": _rng_state(), "position": vars(position)}
+    checkpoints.write_file(step, _rank_file(accelerator.process_index), to_bytes(rank_state))
+    if accelerator.is_main_process:
+        state = {
+            "model": accelerator.unwrap_model(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": accelerator.scaler.state_dict() if accelerator.scaler else None,
+            "result": result.progress(),
+        }
+        checkpoints.write_file(step, STATE_FILE, to_bytes(state))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        names = [STATE_FILE] + [_rank_file(r) for r in range(accelerator.num_processes)]
+        checkpoints.commit(step, names, {"world": accelerator.num_processes})
+    accelerator.wait_for_everyone()
+
+
+def resume_checkpoint(
+    checkpoints: CheckpointStore,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    accelerator: Accelerator,
+    result: TrainResult,
+    log: logging.Logger | logging.LoggerAdapter,
+) -> StreamPosition | None:
+    """Load the newest committed checkpoint into the run; return the data position to go on
+    from, or None to start afresh."""
+    found = checkpoints.latest([STATE_FILE, _rank_file(accelerator.process_index)])
+    if found is None:
+        return None
+    checkpoint, record = found
+    if record.get("world") != accelerator.num_processes:
+        log.warning(
+            "checkpoint at step %d was saved by %s process(es), this run has %d: starting afresh",
+            checkpoint.step,
+            record.get("world"),
+            accelerator.num_processes,
+        )
+        return None
+    state = from_bytes(checkpoint.files[STATE_FILE])
+    rank_state = from_bytes(checkpoint.files[_rank_file(accelerator.process_index)])
+    accelerator.unwrap_model(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if accelerator.scaler is not None and state["scaler"] is not None:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    _set_rng_state(rank_state["rng"])
+    for name, value in state["result"].items():
+        setattr(result, name, value)
+    result.resumed_from = checkpoint.step
+    log.info("resuming from the checkpoint at step %d", checkpoint.step)
+    return StreamPosition(**rank_state["position"])
 
 
 def resolve_mixed_precision(requested: str) -> str:
@@ -73,11 +172,14 @@ def train_model_loop(
     config: TrainConfig,
     accelerator: Accelerator,
     log: logging.Logger | logging.LoggerAdapter,
+    checkpoints: CheckpointStore | None = None,
 ) -> TrainResult:
     """Train the model in place; return the loss history and throughput.
 
     One optimizer step consumes ``gradient_accumulation_steps`` micro-batches per process.
     The scheduler is stepped once per optimizer step, so warmup and decay are in those steps.
+    With ``checkpoints``, the run resumes from the newest committed checkpoint and saves one
+    every ``checkpoint_interval`` steps and at the end.
     """
     total_steps = config.total_steps(len(train_rows), accelerator.num_processes)
     optimizer = torch.optim.AdamW(
@@ -99,7 +201,15 @@ def train_model_loop(
         rank=accelerator.process_index,
         world=accelerator.num_processes,
     )
-    batches = stream.iterate()
+    result = TrainResult(
+        steps=0, tokens=0, seconds=0.0, mixed_precision=accelerator.mixed_precision
+    )
+    position = None
+    if checkpoints is not None:
+        position = resume_checkpoint(
+            checkpoints, model, optimizer, scheduler, accelerator, result, log
+        )
+    batches = stream.iterate(position)
     tokens_per_step = config.rows_per_step(accelerator.num_processes) * train_rows.context_length
     log.info(
         "training %d optimizer steps: %d seqs * %d tokens * %d accumulation * %d process(es) = "
@@ -114,17 +224,17 @@ def train_model_loop(
         accelerator.device,
     )
 
-    result = TrainResult(
-        steps=0, tokens=0, seconds=0.0, mixed_precision=accelerator.mixed_precision
-    )
     model.train()
-    start = window_start = time.perf_counter()
+    session_start = window_start = time.perf_counter()
+    # A resumed run's clock goes on from the checkpoint's, so totals cover the whole run.
+    start = session_start - result.seconds
+    first_step = result.steps + 1
     window_steps = 0
-    for step in range(1, total_steps + 1):
-        micro_batches = [
-            next(batches)[1].to(accelerator.device)
-            for _ in range(config.gradient_accumulation_steps)
-        ]
+    for step in range(first_step, total_steps + 1):
+        micro_batches = []
+        for _ in range(config.gradient_accumulation_steps):
+            position, batch = next(batches)
+            micro_batches.append(batch.to(accelerator.device))
         weights = [keytoken_weights(b, keytoken_ids, config.keytoken_alpha) for b in micro_batches]
         # The normalised loss divides by the weight of the whole optimizer step, on all processes,
         # so that every sample counts the same whatever micro-batch or process it landed in.
@@ -171,7 +281,7 @@ def train_model_loop(
                 "elapsed": now - start,
             }
             result.history.append(record)
-            eta = (total_steps - step) * (now - start) / step
+            eta = (total_steps - step) * (now - session_start) / (step - first_step + 1)
             log.info(
                 "step %d/%d (%d%%) | loss %.4f | ce %.4f | lr %.2e | %s tok/s | eta %s",
                 step,
@@ -210,6 +320,20 @@ def train_model_loop(
             eval_seconds = time.perf_counter() - eval_start
             window_start += eval_seconds
             result.eval_seconds += eval_seconds
+
+        if checkpoints is not None and (
+            step % config.checkpoint_interval == 0 or step == total_steps
+        ):
+            saving_start = time.perf_counter()
+            result.seconds = saving_start - start
+            save_checkpoint(
+                checkpoints, step, position, model, optimizer, scheduler, accelerator, result
+            )
+            saving_seconds = time.perf_counter() - saving_start
+            log.info("step %d checkpoint saved in %.2f s", step, saving_seconds)
+            window_start += saving_seconds
+            result.checkpoint_seconds += saving_seconds
+            result.checkpoints += 1
 
     result.seconds = time.perf_counter() - start
     if not math.isfinite(result.history[-1]["loss"]):

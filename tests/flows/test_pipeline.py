@@ -60,7 +60,7 @@ def test_pipeline_end_to_end_then_cached(prefect_server, corpus_dir, tmp_path):
 
     assert result["perplexity"] < result["untrained_perplexity"] / 4
     assert isinstance(result["scatter_completion"], str)
-    folder = store.local_path(result["model_uri"][len(store.url) + 1 :])
+    folder = store.local_file(result["model_uri"][len(store.url) + 1 :])
     for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json"):
         assert (folder / name).is_file(), name
     card = (folder / "README.md").read_text()

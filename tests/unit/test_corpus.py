@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from storage.stages import run_stage
+from storage.stages import StageSpec, run_stage
 from tasks.corpus import CorpusConfig, CorpusError, ReadStats, iter_documents, take_snapshot
 
 LOG = logging.getLogger("tests")
@@ -19,7 +19,7 @@ LOG = logging.getLogger("tests")
 def _read(store, config):
     snapshot = take_snapshot(config)
     params = {"config": config.model_dump(mode="json"), "fingerprint": snapshot.fingerprint()}
-    ref = run_stage(store, "corpus", params, {}, "t", snapshot.write, LOG)
+    ref = run_stage(store, StageSpec.of("corpus", params, {}, "t"), snapshot.write, LOG)
     stats = ReadStats()
     return list(iter_documents(ref, stats)), stats
 
@@ -35,7 +35,8 @@ def test_bad_files_are_skipped_and_counted(tmp_path, store):
     (root / "vanishing.py").write_text("x = 1")
     config = CorpusConfig(roots=[str(root)], max_file_bytes=1000)
     snapshot = take_snapshot(config)
-    ref = run_stage(store, "corpus", {"config": config.model_dump()}, {}, "t", snapshot.write, LOG)
+    spec = StageSpec.of("corpus", {"config": config.model_dump()}, {}, "t")
+    ref = run_stage(store, spec, snapshot.write, LOG)
     (root / "vanishing.py").unlink()  # deleted after the listing: unreadable when streamed
     stats = ReadStats()
     docs = list(iter_documents(ref, stats))

@@ -6,9 +6,10 @@ import logging
 
 import pytest
 
-from storage.stages import MANIFEST_NAME, load_manifest, run_stage, stage_key
+from storage.stages import MANIFEST_NAME, StageSpec, load_manifest, run_stage, stage_key
 
 LOG = logging.getLogger("tests")
+SPEC = StageSpec.of("s", {"p": 1}, {}, "v1")
 
 
 def _builder(calls):
@@ -22,8 +23,8 @@ def _builder(calls):
 
 def test_built_once_then_found(store):
     calls = []
-    first = run_stage(store, "s", {"p": 1}, {}, "v1", _builder(calls), LOG)
-    second = run_stage(store, "s", {"p": 1}, {}, "v1", _builder(calls), LOG)
+    first = run_stage(store, SPEC, _builder(calls), LOG)
+    second = run_stage(store, SPEC, _builder(calls), LOG)
     assert calls == [1]
     assert first == second
     manifest = load_manifest(store, "s", first.key)
@@ -44,7 +45,7 @@ def test_uncommitted_leftovers_are_rebuilt(store):
     store.write_bytes(f"s/{key}/a.txt", b"half-writ")  # an interrupted run's part
     store.write_bytes(f"s/{key}/stray.txt", b"junk")
     calls = []
-    ref = run_stage(store, "s", {"p": 1}, {}, "v1", _builder(calls), LOG)
+    ref = run_stage(store, SPEC, _builder(calls), LOG)
     assert calls == [1]
     assert store.read_bytes(f"{ref.prefix}/a.txt") == b"hello"
     assert not store.exists(f"{ref.prefix}/stray.txt")
@@ -56,7 +57,7 @@ def test_failed_build_commits_nothing(store):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        run_stage(store, "s", {"p": 1}, {}, "v1", failing, LOG)
+        run_stage(store, SPEC, failing, LOG)
     key = stage_key("s", {"p": 1}, {}, "v1")
     assert not store.exists(f"s/{key}/{MANIFEST_NAME}")
     assert load_manifest(store, "s", key) is None

@@ -1,0 +1,43 @@
+"""S3 credentials kept in a Prefect block, so that workers need no secrets in their environment.
+
+Save once (``S3StoreCredentials(access_key_id=..., secret_access_key=...).save("name")``) and
+set ``CODEPARROT_S3_CREDENTIALS_BLOCK=name`` where the pipeline runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.blocks.core import Block
+from pydantic import SecretStr
+
+from storage.store import StoreError
+
+
+class S3StoreCredentials(Block):
+    """An S3 access key pair (and optional session token) for the pipeline's store."""
+
+    _block_type_name = "CodeParrot-DS S3 Credentials"
+    _block_type_slug = "codeparrot-ds-s3-credentials"
+
+    access_key_id: str
+    secret_access_key: SecretStr
+    session_token: SecretStr | None = None
+
+
+def load_s3_credentials(block_name: str) -> dict[str, Any]:
+    """s3fs credential arguments from a saved block; a missing block is a clear error."""
+    try:
+        block = S3StoreCredentials.load(block_name, _sync=True)
+    except ValueError as err:
+        raise StoreError(
+            f"no S3 credentials block named {block_name!r} on the Prefect server; save one "
+            "with storage.credentials.S3StoreCredentials(...).save(name)"
+        ) from err
+    options: dict[str, Any] = {
+        "key": block.access_key_id,
+        "secret": block.secret_access_key.get_secret_value(),
+    }
+    if block.session_token is not None:
+        options["token"] = block.session_token.get_secret_value()
+    return options
