@@ -91,6 +91,11 @@ def s3_options() -> dict[str, Any]:
         # Other writers change the bucket under us: never answer from a stale listing.
         "use_listings_cache": False,
     }
+    if key := os.environ.get("AWS_ACCESS_KEY_ID"):
+        # Passed explicitly so that s3fs's instance cache keeps one client per key pair.
+        options["key"] = key
+        options["secret"] = os.environ.get("AWS_SECRET_ACCESS_KEY")
+        options["token"] = os.environ.get("AWS_SESSION_TOKEN")
     if endpoint := os.environ.get(S3_ENDPOINT_ENV):
         options["endpoint_url"] = endpoint
     if region := os.environ.get(S3_REGION_ENV):

@@ -1,20 +1,24 @@
-"""Shared fixtures: a generated corpus, a local store, a small trained tokenizer."""
+"""Shared fixtures: a generated corpus, local and S3 stores, a small tokenizer and token shards."""
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
+import uuid
 from functools import partial
 
 import pytest
 
-from storage.stages import StageRef, StageSpec, run_stage
-from storage.store import Store
-from tests.corpus_maker import make_corpus
-
+# Before any task module is imported: stage retries wait seconds, not minutes, in tests.
+os.environ.setdefault("CODEPARROT_IO_RETRY_DELAYS", "1,3,8")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the Hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from storage.stages import StageRef, StageSpec, run_stage  # noqa: E402
+from storage.store import Store  # noqa: E402
+from tests.corpus_maker import make_corpus  # noqa: E402
 
 LOG = logging.getLogger("tests")
 
@@ -39,7 +43,7 @@ def session_store(tmp_path_factory) -> Store:
 
 @pytest.fixture(scope="session")
 def documents_ref(corpus_dir, session_store) -> StageRef:
-    """Filtered documents of the generated corpus."""
+    """Filtered documents of the generated corpus, in many small shards."""
     from tasks.corpus import CorpusConfig, iter_documents, take_snapshot
     from tasks.filtering import FilterConfig, filter_documents
 
@@ -47,7 +51,7 @@ def documents_ref(corpus_dir, session_store) -> StageRef:
     snapshot = take_snapshot(config)
     corpus_spec = StageSpec.of("corpus", {"config": config.model_dump()}, {}, "t")
     corpus = run_stage(session_store, corpus_spec, snapshot.write, LOG)
-    filter_config = FilterConfig(valid_fraction=0.2)
+    filter_config = FilterConfig(valid_fraction=0.2, max_shard_bytes=8192)
 
     def build(writer):
         return filter_documents(partial(iter_documents, corpus), filter_config, writer)
@@ -75,3 +79,45 @@ def tokenizer(tokenizer_ref):
     from tasks.tokenizer import load_stage_tokenizer
 
     return load_stage_tokenizer(tokenizer_ref)
+
+
+@pytest.fixture(scope="session")
+def tokens_ref(documents_ref, tokenizer_ref, tokenizer, session_store) -> StageRef:
+    """Packed 32-token rows of the generated corpus."""
+    from tasks.tokenize import TokenizeConfig, tokenize_documents, tokenize_spec
+
+    config = TokenizeConfig(mode="packed", context_length=32)
+    build = partial(tokenize_documents, documents_ref, tokenizer, config)
+    return run_stage(session_store, tokenize_spec(documents_ref, tokenizer_ref, config), build, LOG)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A temporary Prefect server (SQLite, 127.0.0.1) for every flow run of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    """A SeaweedFS S3 server on 127.0.0.1 with an access key pair, for the whole session."""
+    from storage.seaweedfs import SeaweedFS
+
+    server = SeaweedFS(
+        tmp_path_factory.mktemp("seaweedfs"), "codeparrot-test", secrets.token_hex(16)
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_store(seaweedfs, monkeypatch) -> Store:
+    """An empty store in a fresh bucket of the SeaweedFS server, with the environment set."""
+    for name, value in seaweedfs.environment().items():
+        monkeypatch.setenv(name, value)
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    Store(f"s3://{bucket}").fs.mkdir(bucket)
+    return Store(f"s3://{bucket}/store")

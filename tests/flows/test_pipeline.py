@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 
 import pytest
 from transformers import pipeline
@@ -10,8 +12,9 @@ from transformers import pipeline
 from flows.cli import main
 from flows.config import build_config
 from flows.pipeline import codeparrot_pipeline
-from storage.stages import MANIFEST_NAME
+from storage.stages import MANIFEST_NAME, RESULT_RECORD
 from storage.store import Store
+from tasks.publish import latest_model, published_folder
 
 pytestmark = pytest.mark.slow
 
@@ -34,14 +37,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def _config(corpus_dir, *extra):
     return build_config(overrides=[f"corpus.roots=[{corpus_dir}]", *TINY, *extra])
 
@@ -54,13 +49,22 @@ def _manifest_times(store: Store, stages: dict[str, str]) -> dict[str, str]:
     return times
 
 
-def test_pipeline_end_to_end_then_cached(prefect_server, corpus_dir, tmp_path):
-    store = Store(str(tmp_path / "store"))
-    result = codeparrot_pipeline(config=_config(corpus_dir), store_url=store.url)
+@pytest.fixture(params=["file", "s3"])
+def any_store(request, tmp_path) -> Store:
+    """The pipeline's store: a local folder, then a bucket on a real S3 server."""
+    if request.param == "s3":
+        return request.getfixturevalue("s3_store")
+    return Store(str(tmp_path / "store"))
+
+
+def test_pipeline_end_to_end_then_cached(prefect_server, corpus_dir, any_store, caplog):
+    store = any_store
+    with caplog.at_level(logging.INFO):
+        result = codeparrot_pipeline(config=_config(corpus_dir), store_url=store.url)
 
     assert result["perplexity"] < result["untrained_perplexity"] / 4
     assert isinstance(result["scatter_completion"], str)
-    folder = store.local_file(result["model_uri"][len(store.url) + 1 :])
+    folder = published_folder(latest_model(store, "codeparrot-ds"))
     for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json"):
         assert (folder / name).is_file(), name
     card = (folder / "README.md").read_text()
@@ -72,11 +76,29 @@ def test_pipeline_end_to_end_then_cached(prefect_server, corpus_dir, tmp_path):
     output = generator("import pandas as pd\n", max_new_tokens=5)[0]["generated_text"]
     assert output.startswith("import pandas as pd\n") and len(output) > len("import pandas as pd\n")
 
-    # The same config again: every stage is found committed, nothing is rebuilt.
+    # No credential reaches the logs or any object in the store.
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if store.url.startswith("s3://"):
+        assert secret and secret not in caplog.text
+        for rel in store.list_files(""):
+            assert secret.encode() not in store.read_bytes(rel), rel
+
+    # The same config again: Prefect's cached results, kept in the store, skip every stage.
     before = _manifest_times(store, result["stages"])
+    caplog.clear()
     again = codeparrot_pipeline(config=_config(corpus_dir), store_url=store.url)
+    # filter, tokenizer, tokenize, train, evaluate (corpus and publish always look again)
+    assert caplog.text.count("Finished in state Cached") == 5
     assert again["stages"] == result["stages"]
     assert _manifest_times(store, again["stages"]) == before
+
+    # As on a new machine whose Prefect has no cache: the manifests alone skip every stage.
+    for rel in store.list_files(""):
+        if rel.endswith(RESULT_RECORD):
+            store.remove(rel)
+    fresh = codeparrot_pipeline(config=_config(corpus_dir), store_url=store.url)
+    assert fresh["stages"] == result["stages"]
+    assert _manifest_times(store, fresh["stages"]) == before
 
     # Only a training parameter changes: every data stage is reused.
     changed = codeparrot_pipeline(

@@ -61,3 +61,109 @@ def test_failed_build_commits_nothing(store):
     key = stage_key("s", {"p": 1}, {}, "v1")
     assert not store.exists(f"s/{key}/{MANIFEST_NAME}")
     assert load_manifest(store, "s", key) is None
+
+
+def _part_builder(parts, record_every=None, fail_after=None):
+    """Writes ``parts`` names; commits progress every ``record_every``; fails after a count."""
+
+    def build(writer):
+        done = len(writer.parts)
+        for index, name in enumerate(parts[done:], start=done):
+            if fail_after is not None and index == fail_after:
+                raise OSError("connection reset")
+            writer.write_bytes(name, name.encode())
+            if record_every and (index + 1) % record_every == 0:
+                writer.record_progress({"written": index + 1})
+        return {"n": len(writer.parts)}
+
+    return build
+
+
+def test_interrupted_build_resumes_from_its_progress_records(store):
+    names = [f"p{i}" for i in range(6)]
+    with pytest.raises(OSError):
+        run_stage(store, SPEC, _part_builder(names, record_every=2, fail_after=5), LOG)
+    # p0..p3 are committed by two records; p4 was written after the last record.
+    assert store.exists(f"{SPEC.prefix}/p4")
+    seen = {}
+
+    def resume(writer):
+        seen["states"] = list(writer.resumed_states)
+        seen["parts"] = sorted(writer.parts)
+        return _part_builder(names)(writer)
+
+    ref = run_stage(store, SPEC, resume, LOG)
+    assert seen["states"] == [{"written": 2}, {"written": 4}]
+    assert seen["parts"] == ["p0", "p1", "p2", "p3"]
+    assert sorted(load_manifest(store, "s", ref.key).parts) == names
+    assert not store.exists(f"{SPEC.prefix}/_progress")
+
+
+def test_progress_record_with_a_missing_part_is_not_trusted(store):
+    names = [f"p{i}" for i in range(4)]
+    with pytest.raises(OSError):
+        run_stage(store, SPEC, _part_builder(names, record_every=1, fail_after=3), LOG)
+    store.remove(f"{SPEC.prefix}/p1")  # the second record now lists a missing part
+    seen = {}
+
+    def resume(writer):
+        seen["parts"] = sorted(writer.parts)
+        return _part_builder(names)(writer)
+
+    run_stage(store, SPEC, resume, LOG)
+    assert seen["parts"] == ["p0"]  # records after the broken one are dropped too
+
+
+def test_corrupted_part_is_a_clear_error_naming_it(store):
+    from storage.stages import CorruptPartError, part_file, read_part
+
+    ref = run_stage(store, SPEC, _builder([]), LOG)
+    assert read_part(ref, "a.txt") == b"hello"
+    path = store.local_file(f"{ref.prefix}/a.txt")
+    path.write_bytes(b"jello")
+    for read in (read_part, part_file):
+        with pytest.raises(CorruptPartError, match=rf"{ref.uri}/a.txt is corrupt.*delete"):
+            read(ref, "a.txt")
+
+
+def test_a_second_builder_waits_for_the_first_and_reuses_its_output(store):
+    import threading
+    import time
+
+    builders = []
+    started = threading.Event()
+
+    def slow(name):
+        def build(writer):
+            builders.append(name)
+            started.set()
+            for i in range(5):
+                writer.write_bytes(f"part-{i}", name.encode())
+                time.sleep(0.1)
+            return {"by": name}
+
+        return build
+
+    results = {}
+    first = threading.Thread(
+        target=lambda: results.update(a=run_stage(store, SPEC, slow("a"), LOG))
+    )
+    first.start()
+    started.wait(10)
+    results["b"] = run_stage(store, SPEC, slow("b"), LOG)
+    first.join()
+    assert builders == ["a"]
+    assert results["a"] == results["b"]
+    assert {store.read_bytes(f"{SPEC.prefix}/part-{i}") for i in range(5)} == {b"a"}
+    assert not store.exists(f"{SPEC.prefix}/_lock.json")
+
+
+def test_a_lock_left_by_a_dead_process_is_broken(store):
+    import json
+    import socket
+
+    dead = {"owner": "x", "host": socket.gethostname(), "pid": 2**22 + 1, "heartbeat": 0}
+    store.write_bytes(f"{SPEC.prefix}/_lock.json", json.dumps(dead).encode())
+    calls = []
+    run_stage(store, SPEC, _builder(calls), LOG)
+    assert calls == [1]

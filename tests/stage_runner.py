@@ -1,0 +1,70 @@
+"""Runs one stage in a child process, so that a fault test can SIGKILL it mid-stage.
+
+Usage: python -m tests.stage_runner tokenize|train ARGS_JSON. The stage runs exactly as in the
+pipeline (``run_stage`` with the stage's own spec and build); only a pause per progress line is
+added, so that the parent can kill it at a known point.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from functools import partial
+
+from storage.stages import StageRef, run_stage
+from storage.store import Store
+
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+LOG = logging.getLogger("stage_runner")
+
+
+class SlowLog(logging.LoggerAdapter):
+    """A logger that pauses after every training progress line."""
+
+    def __init__(self, pause: float) -> None:
+        super().__init__(LOG, {})
+        self.pause = pause
+
+    def info(self, msg, *args, **kwargs):
+        super().info(msg, *args, **kwargs)
+        if msg.startswith("step %d/%d"):
+            sys.stdout.flush()
+            time.sleep(self.pause)
+
+
+def run_tokenize(args: dict) -> StageRef:
+    """The tokenize stage, pausing after each batch."""
+    from tasks.tokenize import TokenizeConfig, tokenize_documents, tokenize_spec
+    from tasks.tokenizer import load_stage_tokenizer
+
+    documents = StageRef.model_validate(args["documents"])
+    tokenizer_ref = StageRef.model_validate(args["tokenizer"])
+    config = TokenizeConfig.model_validate(args["config"])
+    pause = lambda split, docs, rows: time.sleep(args["pause"])  # noqa: E731
+    tokenizer = load_stage_tokenizer(tokenizer_ref)
+    build = partial(tokenize_documents, documents, tokenizer, config, progress=pause)
+    spec = tokenize_spec(documents, tokenizer_ref, config)
+    return run_stage(Store(args["store_url"]), spec, build, LOG)
+
+
+def run_train(args: dict) -> StageRef:
+    """The train stage, pausing after each progress line."""
+    from tasks.train import train_from_shards, train_spec
+    from tasks.training.config import ModelConfig, TrainConfig
+
+    tokens = StageRef.model_validate(args["tokens"])
+    tokenizer = StageRef.model_validate(args["tokenizer"])
+    model_config = ModelConfig.model_validate(args["model"])
+    train_config = TrainConfig.model_validate(args["train"])
+    log = SlowLog(args["pause"])
+    build = partial(train_from_shards, tokens, tokenizer, model_config, train_config, log=log)
+    spec = train_spec(tokens, tokenizer, model_config, train_config)
+    return run_stage(Store(args["store_url"]), spec, build, log)
+
+
+if __name__ == "__main__":
+    runners = {"tokenize": run_tokenize, "train": run_train}
+    ref = runners[sys.argv[1]](json.loads(sys.argv[2]))
+    print(json.dumps(ref.model_dump(mode="json")))

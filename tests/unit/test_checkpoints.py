@@ -1,0 +1,97 @@
+"""Training checkpoints: atomic, the newest K kept, and a resumed run equal to an unbroken one."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from tasks.training.checkpoint import CheckpointStore
+from tasks.training.config import ModelConfig, TrainConfig
+from tasks.training.data import TokenRows
+from tasks.training.loop import make_accelerator, train_model_loop
+from tasks.training.model import build_model, gpt2_config
+
+LOG = logging.getLogger("tests")
+CONFIG = TrainConfig(
+    batch_size=4,
+    gradient_accumulation_steps=2,
+    learning_rate=3e-3,
+    warmup_steps=3,
+    max_steps=16,
+    epochs=10,  # several epochs: resuming mid-epoch and across epochs both happen
+    eval_interval=8,
+    eval_batches=2,
+    log_interval=1,
+    checkpoint_interval=5,
+    keep_checkpoints=2,
+)
+
+
+def _rows(n=40, context=16, vocab=64):
+    starts = np.random.default_rng(0).integers(0, vocab, n)
+    return TokenRows([((starts[:, None] + np.arange(context)) % vocab).astype(np.uint16)])
+
+
+def _train(store=None, crash_at=None):
+    # Dropout on, so that a resumed run must also restore the random generator.
+    model_config = ModelConfig(n_layer=1, n_embd=32, n_head=2, dropout=0.1)
+    model = build_model(gpt2_config(model_config, 64, 16, 0), CONFIG.seed)
+    checkpoints = CheckpointStore(store, "ckpt", CONFIG.keep_checkpoints, LOG) if store else None
+    log = _CrashAt(crash_at) if crash_at else LOG
+    rows = _rows()
+    return train_model_loop(
+        model, rows, rows, [1, 2], CONFIG, make_accelerator(CONFIG), log, checkpoints
+    )
+
+
+class _CrashAt(logging.LoggerAdapter):
+    """A logger that raises when the loop reports a given step, like a crash mid-run."""
+
+    def __init__(self, step):
+        super().__init__(LOG, {})
+        self.step = step
+
+    def info(self, msg, *args, **kwargs):
+        if msg.startswith("step %d/%d") and args[0] == self.step:
+            raise KeyboardInterrupt(f"crash at step {self.step}")
+        super().info(msg, *args, **kwargs)
+
+
+def _losses(result):
+    return [(r["step"], r["loss"], r["ce"]) for r in result.history]
+
+
+def test_resumed_run_matches_an_unbroken_run(store):
+    unbroken = _train()
+    with pytest.raises(KeyboardInterrupt):
+        _train(store, crash_at=13)
+    checkpoints = CheckpointStore(store, "ckpt", 2, LOG)
+    assert checkpoints.committed_steps() == [5, 10]
+    resumed = _train(store)
+    assert resumed.resumed_from == 10
+    assert resumed.steps == unbroken.steps == 16
+    assert [s for s, _, _ in _losses(resumed)] == list(range(1, 17))
+    np.testing.assert_allclose(
+        np.array(_losses(resumed)), np.array(_losses(unbroken)), rtol=0, atol=1e-6
+    )
+    assert [e["valid_loss"] for e in resumed.evals] == pytest.approx(
+        [e["valid_loss"] for e in unbroken.evals], abs=1e-6
+    )
+    # Steps 10 and 15 kept, then 16 (the end) replaces 10.
+    assert checkpoints.committed_steps() == [15, 16]
+
+
+def test_half_written_or_damaged_checkpoints_are_ignored(store):
+    with pytest.raises(KeyboardInterrupt):
+        _train(store, crash_at=12)
+    checkpoints = CheckpointStore(store, "ckpt", 2, LOG)
+    # A save killed before its commit record leaves files only: not a checkpoint.
+    store.write_bytes("ckpt/step-00000015/state.pt", b"half")
+    assert checkpoints.committed_steps() == [5, 10]
+    # A committed checkpoint whose file was damaged is skipped for the one before.
+    store.write_bytes("ckpt/step-00000010/state.pt", b"damaged")
+    resumed = _train(store)
+    assert resumed.resumed_from == 5
+    assert resumed.steps == 16
