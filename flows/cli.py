@@ -11,6 +11,7 @@ import time
 from storage.store import DEFAULT_STORE_URL, STORE_URL_ENV
 
 EXIT_USAGE = 2
+EXIT_FAILURE = 1
 
 
 def _store_default() -> str:
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``codeparrot-ds``; user errors print one clear message and exit 2."""
     from flows.config import ConfigError
-    from storage.store import StoreError
+    from storage.store import StoreError, StoreUnavailableError
     from tasks.corpus import CorpusError
     from tasks.filtering import FilterError
     from tasks.generation import PromptTooLongError
@@ -121,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     ) as err:
         print(f"codeparrot-ds: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except StoreUnavailableError as err:
+        # Not the user's input: the run may be retried as it is once the store is back.
+        print(f"codeparrot-ds: error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "eval_interval": 200,
             "eval_batches": 20,
             "log_interval": 20,
+            "checkpoint_interval": 100,
         },
         "evaluate": {"max_batches": 40, "max_new_tokens": 32},
     },
