@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from flows.presets import PRESETS
 from tasks.corpus import CorpusConfig
 from tasks.evaluate import EvalConfig
 from tasks.filtering import FilterConfig
@@ -17,6 +18,8 @@ from tasks.publish import PublishConfig
 from tasks.tokenize import TokenizeConfig
 from tasks.tokenizer import TokenizerConfig
 from tasks.training.config import ModelConfig, TrainConfig
+
+__all__ = ["PRESETS", "ConfigError", "PipelineConfig", "build_config"]
 
 
 class ConfigError(ValueError):
@@ -36,38 +39,6 @@ class PipelineConfig(BaseModel):
     train: TrainConfig = TrainConfig()
     evaluate: EvalConfig = EvalConfig()
     publish: PublishConfig = PublishConfig()
-
-
-# Overrides of the defaults (which are the course's). ``smoke`` learns visibly in a few minutes
-# on a 2-core CPU; ``course`` is the course's 124M model on the course's data, for a GPU.
-PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": {
-        # The first 150 MB of local code in hash order: about 10,000 files, 950 kept.
-        "corpus": {"max_bytes": 150_000_000, "max_file_bytes": 200_000},
-        "filter": {"valid_fraction": 0.05},
-        "tokenizer": {"vocab_size": 4_096},
-        "tokenize": {"mode": "packed"},
-        "model": {"n_layer": 4, "n_embd": 128, "n_head": 4, "dropout": 0.0},
-        "train": {
-            # 16 seqs * 128 tokens * 2 accumulation = 4,096 tokens per optimizer step
-            "batch_size": 16,
-            "gradient_accumulation_steps": 2,
-            "learning_rate": 3e-3,
-            "warmup_steps": 30,
-            "max_steps": 600,
-            "eval_interval": 200,
-            "eval_batches": 20,
-            "log_interval": 20,
-            "checkpoint_interval": 100,
-        },
-        "evaluate": {"max_batches": 40, "max_new_tokens": 32},
-    },
-    "course": {
-        "corpus": {"source": "hub"},
-        "filter": {"valid_fraction": 0.005},
-        "tokenizer": {"vocab_size": 50_000},
-    },
-}
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,10 @@ def _folder(step: int) -> str:
     return f"step-{step:08d}"
 
 
+def _file_info(data: bytes) -> dict[str, Any]:
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
 def to_bytes(payload: dict[str, Any]) -> bytes:
     """Serialise a checkpoint payload (tensors, numbers, strings, lists and dicts)."""
     buffer = io.BytesIO()
@@ -57,17 +61,22 @@ class CheckpointStore:
         self.prefix = prefix
         self.keep = keep
         self.log = log
+        # Checksums of the files this process wrote, so the commit need not read them back.
+        self._written: dict[tuple[int, str], dict[str, Any]] = {}
 
     def write_file(self, step: int, name: str, data: bytes) -> None:
         """Write one file of a checkpoint (each process writes its own)."""
         self.store.write_bytes(f"{self.prefix}/{_folder(step)}/{name}", data)
+        self._written[step, name] = _file_info(data)
 
     def commit(self, step: int, names: list[str], meta: dict[str, Any]) -> None:
         """Commit a checkpoint whose files are all written, then drop the oldest beyond K."""
         files = {}
         for name in names:
-            data = self.store.read_bytes(f"{self.prefix}/{_folder(step)}/{name}")
-            files[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            info = self._written.pop((step, name), None)
+            if info is None:  # written by another process
+                info = _file_info(self.store.read_bytes(f"{self.prefix}/{_folder(step)}/{name}"))
+            files[name] = info
         record = {"step": step, "files": files, "saved_at": time.time(), **meta}
         self.store.write_json(f"{self.prefix}/{_folder(step)}/{COMMIT_NAME}", record)
         for old in self.committed_steps()[: -self.keep]:

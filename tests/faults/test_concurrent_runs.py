@@ -1,0 +1,56 @@
+"""Two runs of one config at once against one store: both succeed, each output built once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from storage.stages import MANIFEST_NAME, StageRef, read_manifest, read_part
+from storage.store import Store
+from tests.flows.test_pipeline import TINY
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_two_pipeline_runs_at_once_share_one_consistent_store(corpus_dir, tmp_path):
+    store = Store(str(tmp_path / "store"))
+    overrides = [f"corpus.roots=[{corpus_dir}]", *TINY]
+    command = [sys.executable, "-m", "flows.cli", "run", "--store", store.url]
+    command += [arg for item in overrides for arg in ("--set", item)]
+    runs = []
+    for name in ("a", "b"):
+        # Each run has its own Prefect (as on two machines); only the store is shared.
+        env = {**os.environ, "PREFECT_HOME": str(tmp_path / f"prefect-{name}")}
+        runs.append(
+            subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+        )
+    outputs = [run.communicate(timeout=600)[0].decode() for run in runs]
+    for run, output in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, output[-3000:]
+    models = {
+        line for output in outputs for line in output.splitlines() if line.startswith("model:")
+    }
+    assert len(models) == 1
+
+    manifests = [f for f in store.list_files("") if f.endswith(MANIFEST_NAME)]
+    stages = [m.rsplit("/", 2)[0] for m in manifests]
+    assert len(stages) == len(set(stages)) == 7  # one output per stage, none built twice
+    for manifest in manifests:
+        stage, key = manifest.removesuffix(f"/{MANIFEST_NAME}").rsplit("/", 1)
+        ref = StageRef(stage=stage, key=key, store_url=store.url)
+        parts = read_manifest(ref).parts
+        for name in parts:
+            read_part(ref, name)  # every part is whole and the one its manifest names
+        leftovers = [
+            f
+            for f in store.list_files(ref.prefix)
+            if f not in parts and not f.startswith(("_checkpoints/", "_prefect_result"))
+        ]
+        assert leftovers == [MANIFEST_NAME], leftovers
