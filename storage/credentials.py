@@ -6,6 +6,7 @@ set ``CODEPARROT_S3_CREDENTIALS_BLOCK=name`` where the pipeline runs.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from prefect.blocks.core import Block
@@ -25,8 +26,12 @@ class S3StoreCredentials(Block):
     session_token: SecretStr | None = None
 
 
+@functools.cache
 def load_s3_credentials(block_name: str) -> dict[str, Any]:
-    """s3fs credential arguments from a saved block; a missing block is a clear error."""
+    """s3fs credential arguments from a saved block; a missing block is a clear error.
+
+    Loaded once per process: every store object would otherwise ask the Prefect API again.
+    """
     try:
         block = S3StoreCredentials.load(block_name, _sync=True)
     except ValueError as err:

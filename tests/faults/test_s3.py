@@ -156,3 +156,19 @@ def test_two_runs_of_one_stage_at_once_build_it_once(s3_store):
     assert builders == ["a"]
     assert results["a"] == results["b"] and results["b"].counts == {"by": "a"}
     assert {s3_store.read_bytes(f"{spec.prefix}/part-{i}") for i in range(4)} == {b"a"}
+
+
+def test_credentials_from_a_prefect_block(prefect_server, seaweedfs, s3_store, monkeypatch):
+    from storage.credentials import S3StoreCredentials, load_s3_credentials
+
+    S3StoreCredentials(
+        access_key_id=seaweedfs.access_key, secret_access_key=seaweedfs.secret_key
+    ).save("test-s3", overwrite=True)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("CODEPARROT_S3_CREDENTIALS_BLOCK", "test-s3")
+    load_s3_credentials.cache_clear()
+    Store(s3_store.url).check_access()
+    monkeypatch.setenv("CODEPARROT_S3_CREDENTIALS_BLOCK", "no-such-block")
+    with pytest.raises(StoreError, match="no S3 credentials block named 'no-such-block'"):
+        Store(s3_store.url)
