@@ -88,7 +88,8 @@ def test_server_down_mid_stage_is_retried_until_it_is_back(
         if split == "train" and documents >= 20 and not outage.is_set():
             outage.set()
             seaweedfs.stop()
-            timer = threading.Timer(3.0, lambda: restarted.append(seaweedfs.start()))
+            # Longer than the S3 client's own retries ride out, so the task must retry.
+            timer = threading.Timer(12.0, lambda: restarted.append(seaweedfs.start()))
             timer.start()
 
     spec, tokenize = _tokenize_stage(documents_ref, tokenizer_ref, tokenizer, s3_store, stop_once)
