@@ -215,14 +215,11 @@ class StageWriter:
         first record that fails this ends the trusted sequence. Training checkpoints are left
         to the train stage, which validates them itself.
         """
-        while True:
-            name = _progress_name(self._records)
-            try:
-                record = self.store.read_json(f"{self.prefix}/{name}")
-            except FileNotFoundError:
-                break
+        present = self.store.list_sizes(self.prefix)  # one listing, not a request per part
+        while (name := _progress_name(self._records)) in present:
+            record = self.store.read_json(f"{self.prefix}/{name}")
             parts = {n: PartInfo.model_validate(i) for n, i in record["parts"].items()}
-            if any(self.store.size(f"{self.prefix}/{n}") != p.size for n, p in parts.items()):
+            if any(present.get(n) != p.size for n, p in parts.items()):
                 log.warning("%s: progress record %s lists a missing part; not trusted", self, name)
                 break
             self.parts.update(parts)
@@ -230,7 +227,7 @@ class StageWriter:
             self.resumed_states.append(record["state"])
             self._records += 1
         keep = set(self.parts) | {_progress_name(i) for i in range(self._records)} | {LOCK_NAME}
-        for rel in self.store.list_files(self.prefix):
+        for rel in present:
             if rel not in keep and not rel.startswith(f"{CHECKPOINTS_DIR}/"):
                 self.store.remove(f"{self.prefix}/{rel}")
         if self._records:

@@ -183,22 +183,18 @@ class Store:
         with self._errors(rel):
             return self.fs.exists(self._path(rel))
 
-    def size(self, rel: str) -> int | None:
-        """An object's size in bytes, or None if it does not exist."""
-        with self._errors(rel):
-            try:
-                return int(self.fs.size(self._path(rel)))
-            except FileNotFoundError:
-                return None
-
-    def list_files(self, rel: str) -> list[str]:
-        """Every object below a folder, as paths relative to that folder, sorted."""
+    def list_sizes(self, rel: str) -> dict[str, int]:
+        """Every object below a folder with its size, keyed by path relative to that folder."""
         base = self._path(rel).rstrip("/")
         with self._errors(rel):
             if not self.fs.exists(base):
-                return []
-            found = self.fs.find(base)
-        return sorted(p[len(base) + 1 :] for p in found if p != base)
+                return {}
+            found = self.fs.find(base, detail=True)
+        return {p[len(base) + 1 :]: int(info["size"]) for p, info in found.items() if p != base}
+
+    def list_files(self, rel: str) -> list[str]:
+        """Every object below a folder, as paths relative to that folder, sorted."""
+        return sorted(self.list_sizes(rel))
 
     def read_bytes(self, rel: str) -> bytes:
         """Read a whole object."""
@@ -253,7 +249,7 @@ class Store:
                 return True
             try:
                 self.fs.pipe_file(self._path(rel), data, mode="create")
-            except (FileExistsError, OSError) as err:
+            except OSError as err:  # s3fs reports a failed If-None-Match as errno 22
                 if isinstance(err, FileExistsError) or "pre-condition" in str(err).lower():
                     return False
                 raise
@@ -297,8 +293,6 @@ class Store:
         with self._errors(rel):
             if self.fs.exists(path):
                 self.fs.rm(path, recursive=True)
-            if self.is_local:
-                self.fs.invalidate_cache()
 
 
 def fetch_folder(url: str) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -98,7 +97,7 @@ class CheckpointStore:
         record; checkpoints that do not verify are skipped with a warning."""
         for step in reversed(self.committed_steps()):
             folder = f"{self.prefix}/{_folder(step)}"
-            record = json.loads(self.store.read_bytes(f"{folder}/{COMMIT_NAME}"))
+            record = self.store.read_json(f"{folder}/{COMMIT_NAME}")
             files = {}
             for name in names:
                 expected = record["files"].get(name)

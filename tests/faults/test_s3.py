@@ -25,7 +25,7 @@ def test_store_operations_on_s3(s3_store):
     s3_store.write_json("a/b.json", {"x": 1})
     assert s3_store.read_json("a/b.json") == {"x": 1}
     assert s3_store.exists("a/b.json")
-    assert s3_store.size("a/b.json") == len(s3_store.read_bytes("a/b.json"))
+    assert s3_store.list_sizes("a") == {"b.json": len(s3_store.read_bytes("a/b.json"))}
     assert s3_store.list_files("a") == ["b.json"]
     assert s3_store.create_exclusive("a/lock", b"1")
     assert not s3_store.create_exclusive("a/lock", b"2")
