@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import torch
 from pydantic import Field, model_validator
 
 from tasks.params import StageParams
@@ -72,10 +73,21 @@ class TrainConfig(StageParams):
     """Words whose tokens up-weight a sample (their space-prefixed forms count too)."""
     seed: int = 42
     """Seeds initialisation, dropout and data order."""
+    processes: int | None = Field(default=None, ge=1)
+    """Training processes, one per GPU; None: one per visible GPU (one on a CPU machine).
+
+    Each process takes ``batch_size`` sequences per micro-batch, so the tokens per optimizer
+    step grow with the process count. Several processes on CPU work too (for testing)."""
     checkpoint_interval: int = Field(default=500, ge=1)
     """Optimizer steps between checkpoints in the store (one is also saved at the end)."""
     keep_checkpoints: int = Field(default=2, ge=1)
     """Newest checkpoints kept; older ones are deleted."""
+
+    def resolved_processes(self) -> int:
+        """How many training processes this machine runs for this config."""
+        if self.processes is not None:
+            return self.processes
+        return max(torch.cuda.device_count(), 1)
 
     def rows_per_step(self, num_processes: int = 1) -> int:
         """Sequences consumed by one optimizer step across all processes."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,13 +174,15 @@ def train_model_loop(
     accelerator: Accelerator,
     log: logging.Logger | logging.LoggerAdapter,
     checkpoints: CheckpointStore | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train the model in place; return the loss history and throughput.
 
     One optimizer step consumes ``gradient_accumulation_steps`` micro-batches per process.
     The scheduler is stepped once per optimizer step, so warmup and decay are in those steps.
     With ``checkpoints``, the run resumes from the newest committed checkpoint and saves one
-    every ``checkpoint_interval`` steps and at the end.
+    every ``checkpoint_interval`` steps and at the end. ``on_progress`` is called on the main
+    process with each logged record (step, total_steps, loss, lr, tokens/s, elapsed).
     """
     total_steps = config.total_steps(len(train_rows), accelerator.num_processes)
     optimizer = torch.optim.AdamW(
@@ -293,6 +296,8 @@ def train_model_loop(
                 f"{tokens_per_second:,.0f}",
                 _format_duration(eta),
             )
+            if on_progress is not None and accelerator.is_main_process:
+                on_progress({**record, "total_steps": total_steps})
             window_start, window_steps = time.perf_counter(), 0
 
         if step % config.eval_interval == 0 or step == total_steps:

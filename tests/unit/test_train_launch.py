@@ -1,0 +1,82 @@
+"""Multi-process training through ``accelerate launch``: two CPU processes stand in for GPUs."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import pytest
+
+from storage.stages import read_part, run_stage
+from tasks.train import HISTORY_PART, build_training, train_spec
+from tasks.train_launch import PROGRESS_MARK, TrainingLaunchError, forward_output
+from tasks.training.config import ModelConfig, TrainConfig
+
+LOG = logging.getLogger("test_train_launch")
+MODEL = ModelConfig(n_layer=1, n_embd=32, n_head=2, dropout=0.0)
+TRAIN = TrainConfig(
+    batch_size=4,
+    gradient_accumulation_steps=2,
+    learning_rate=3e-3,
+    warmup_steps=2,
+    max_steps=12,
+    eval_interval=6,
+    eval_batches=2,
+    log_interval=3,
+    checkpoint_interval=6,
+    processes=2,
+)
+
+
+def test_forward_output_logs_lines_and_hands_over_progress(caplog):
+    records = []
+    lines = [
+        "step 3/12 | loss 5.0\n",
+        "\n",
+        PROGRESS_MARK + '{"step": 3, "total_steps": 12}\n',
+        "WARNING: [rank 1] disk: almost full\n",
+    ]
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        forward_output(lines, LOG, records.append)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "step 3/12 | loss 5.0"),
+        ("WARNING", "[rank 1] disk: almost full"),
+    ]
+    assert records == [{"step": 3, "total_steps": 12}]
+
+
+def test_two_processes_train_one_model_and_report_through_the_caller(
+    tokens_ref, tokenizer_ref, store, caplog
+):
+    progress = []
+    build = partial(
+        build_training,
+        tokens_ref,
+        tokenizer_ref,
+        MODEL,
+        TRAIN,
+        log=LOG,
+        on_progress=progress.append,
+    )
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        ref = run_stage(store, train_spec(tokens_ref, tokenizer_ref, MODEL, TRAIN), build, LOG)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "launching 2 training processes" in logged
+    # The launched processes' own lines reach the caller's logger.
+    assert "* 2 process(es)" in logged
+    assert "step 12/12" in logged
+    assert ref.counts["processes"] == 2
+    assert ref.counts["steps"] == 12
+    # 4 seqs * 2 accumulation * 2 processes per optimizer step.
+    assert ref.counts["tokens"] == 12 * 4 * 2 * 2 * 32
+    assert [p["step"] for p in progress] == [3, 6, 9, 12]
+    history = read_part(ref, HISTORY_PART)
+    assert b'"valid_loss"' in history
+    assert any(name.startswith("model/") for name in ref.store().list_files(ref.prefix))
+
+
+def test_a_failing_launched_run_is_an_error_naming_the_fix(tokens_ref, tokenizer_ref, store):
+    broken = TRAIN.model_copy(update={"batch_size": 10_000})  # no full optimizer step
+    build = partial(build_training, tokens_ref, tokenizer_ref, MODEL, broken, log=LOG)
+    with pytest.raises(TrainingLaunchError, match="train.processes=1"):
+        run_stage(store, train_spec(tokens_ref, tokenizer_ref, MODEL, broken), build, LOG)
