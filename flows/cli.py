@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
-from storage.store import DEFAULT_STORE_URL, STORE_URL_ENV
+from storage.store import DEFAULT_STORE_URL, STORE_URL_ENV, default_store_url
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
-
-
-def _store_default() -> str:
-    return os.environ.get(STORE_URL_ENV, DEFAULT_STORE_URL)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -79,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--store",
-        default=_store_default(),
+        default=default_store_url(),
         help=f"store URL: a folder, file:///path or s3://bucket/prefix "
         f"(default ${STORE_URL_ENV} or ./{DEFAULT_STORE_URL})",
     )
@@ -91,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="complete a prompt with a published model")
     gen.add_argument("prompt", help='e.g. "# create scatter plot with x, y"')
     gen.add_argument("--model", help="model folder or URL (default: LATEST in the store)")
-    gen.add_argument("--store", default=_store_default(), help="store URL to find LATEST in")
+    gen.add_argument("--store", default=default_store_url(), help="store URL to find LATEST in")
     gen.add_argument("--name", default="codeparrot-ds", help="published model name in the store")
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")

@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 class PipelineConfig(BaseModel):
     """Parameters of every stage of the pipeline."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     corpus: CorpusConfig = CorpusConfig()
     filter: FilterConfig = FilterConfig()

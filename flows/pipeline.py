@@ -2,40 +2,60 @@
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Literal
 
 from prefect import flow
 
-from flows.config import PipelineConfig
-from storage.results import ensure_result_storage
-from storage.store import DEFAULT_STORE_URL, Store, normalize_store_url
+from flows.artifacts import publish_data_report, publish_model_link, publish_training_report
+from flows.config import PRESETS, PipelineConfig, build_config
+from storage.results import open_run_store
 from tasks.corpus import stream_corpus
 from tasks.evaluate import SCATTER_PROMPT, evaluate_perplexity
 from tasks.filtering import filter_by_keywords
 from tasks.publish import publish_model
 from tasks.tokenize import tokenize_to_shards
 from tasks.tokenizer import train_tokenizer
-from tasks.train import train_model
+from tasks.train import train_model, train_model_on_deployment
+
+PresetName = Literal[tuple(PRESETS)]
 
 
 @flow(name="codeparrot-ds-pipeline")
 def codeparrot_pipeline(
     # A default instance lets the Prefect UI render every field's default in the run form.
     config: PipelineConfig = PipelineConfig(),  # noqa: B008
-    store_url: str = DEFAULT_STORE_URL,
+    preset: PresetName | None = None,
+    store_url: str | None = None,
+    training_deployment: str | None = None,
 ) -> dict[str, Any]:
     """Stream, filter, tokenize, train, evaluate and publish; return where the model went.
 
     Every stage is found done in the store when its inputs, parameters and code are unchanged.
+
+    Args:
+        config: Every stage's settings (the defaults are the course's 124M run).
+        preset: A named preset to run instead of `config`: smoke (CPU, minutes) or course (GPU).
+        store_url: Where stage outputs live (a folder or s3://bucket/prefix); empty uses the
+            worker's $CODEPARROT_STORE, else ./codeparrot-store.
+        training_deployment: Train on this deployment's workers (e.g. codeparrot-ds-train/gpu)
+            instead of in this flow run; the training run needs only the store.
     """
-    store_url = normalize_store_url(store_url)
-    Store(store_url).check_access()
-    ensure_result_storage()
+    started = time.perf_counter()
+    if preset is not None:
+        config = build_config(preset)
+    store_url = open_run_store(store_url)
     corpus = stream_corpus(config.corpus, store_url)
     documents = filter_by_keywords(corpus, config.filter, store_url)
     tokenizer = train_tokenizer(documents, config.tokenizer, store_url)
     tokens = tokenize_to_shards(documents, tokenizer, config.tokenize, store_url)
-    training = train_model(tokens, tokenizer, config.model, config.train, store_url)
+    publish_data_report(corpus, documents, tokens)
+    if training_deployment:
+        training = train_model_on_deployment(
+            tokens, tokenizer, config.model, config.train, store_url, training_deployment
+        )
+    else:
+        training = train_model(tokens, tokenizer, config.model, config.train, store_url)
     evaluation = evaluate_perplexity(training, tokens, tokenizer, config.evaluate, store_url)
     sources = {
         "corpus": corpus,
@@ -46,10 +66,13 @@ def codeparrot_pipeline(
         "evaluation": evaluation,
     }
     published = publish_model(sources, config.publish, store_url)
+    perplexity = evaluation.counts["perplexity"]
+    publish_training_report(training, evaluation, time.perf_counter() - started)
+    publish_model_link(published.uri, perplexity)
     samples = {s["prompt"]: s["completion"] for s in evaluation.counts["samples"]}
     return {
         "model_uri": published.uri,
-        "perplexity": evaluation.counts["perplexity"],
+        "perplexity": perplexity,
         "untrained_perplexity": evaluation.counts["untrained_perplexity"],
         "scatter_prompt": SCATTER_PROMPT,
         "scatter_completion": samples.get(SCATTER_PROMPT),

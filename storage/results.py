@@ -15,7 +15,7 @@ from typing import Any
 from prefect.filesystems import WritableFileSystem
 
 from storage.stages import MANIFEST_NAME, RESULT_RECORD, StageSpec
-from storage.store import Store
+from storage.store import Store, default_store_url, normalize_store_url
 
 
 def _split(url: str) -> tuple[Store, str]:
@@ -59,6 +59,17 @@ RESULT_STORAGE_REF = f"{StoreResultStorage._block_type_slug}/{RESULT_BLOCK_NAME}
 def ensure_result_storage() -> None:
     """Save the result-storage block on the Prefect server; idempotent, holds no secret."""
     StoreResultStorage().save(RESULT_BLOCK_NAME, overwrite=True, _sync=True)
+
+
+def open_run_store(store_url: str | None) -> str:
+    """Check that a run can use its store and keep its results there; return the store's URL.
+
+    None means this process's default store, so a worker's environment can choose it.
+    """
+    url = normalize_store_url(store_url or default_store_url())
+    Store(url).check_access()
+    ensure_result_storage()
+    return url
 
 
 def stage_cache_key(spec_of: Callable[..., StageSpec]) -> Callable[[Any, dict[str, Any]], str]:

@@ -278,6 +278,11 @@ def run_stage(
             manifest = committed() or _build(store, spec, build, log)
     else:
         log.info("%s: found committed output %s; nothing to do", spec.stage, spec.prefix)
+    return committed_ref(store, spec, manifest)
+
+
+def committed_ref(store: Store, spec: StageSpec, manifest: Manifest) -> StageRef:
+    """The reference to the output of ``spec`` that ``manifest`` commits."""
     return StageRef(
         stage=spec.stage, key=spec.key, store_url=store.url, counts=dict(manifest.counts)
     )

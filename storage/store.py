@@ -43,6 +43,11 @@ class StoreUnavailableError(ConnectionError):
     """The store could not be reached; transient, so tasks retry it with backoff."""
 
 
+def default_store_url() -> str:
+    """The store URL of this process: ``$CODEPARROT_STORE``, else ``./codeparrot-store``."""
+    return os.environ.get(STORE_URL_ENV, DEFAULT_STORE_URL)
+
+
 def normalize_store_url(url: str) -> str:
     """Turn a plain path into an absolute ``file://`` URL; keep other URLs as given."""
     url = url.strip()

@@ -6,4 +6,4 @@ from pydantic import BaseModel, ConfigDict
 class StageParams(BaseModel):
     """Stage parameters: unknown fields are errors, so a misspelt setting is never ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)

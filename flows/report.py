@@ -1,0 +1,165 @@
+"""What the Prefect UI shows of a run, built from stage counts: pure functions, no Prefect."""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+from typing import Any
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "n/a" if value is None else str(value)
+
+
+def markdown_table(rows: list[tuple[str, Any]], header: tuple[str, str]) -> str:
+    """A two-column Markdown table."""
+    lines = [f"| {header[0]} | {header[1]} |", "|---|---:|"]
+    lines += [f"| {name} | {_number(value)} |" for name, value in rows]
+    return "\n".join(lines)
+
+
+def data_report(corpus: dict, documents: dict, tokens: dict) -> str:
+    """Markdown: what the corpus held, what the filter kept, and what tokenizing made of it."""
+    skipped = [
+        ("skipped: " + name.removeprefix("skipped_").replace("_", " "), count)
+        for name, count in sorted(documents.items())
+        if name.startswith("skipped_")
+    ]
+    files = [
+        ("files in the corpus snapshot", corpus.get("files")),
+        ("files seen by the filter", documents.get("seen")),
+        *skipped,
+        ("dropped: no data-science keyword", documents.get("no_keyword")),
+        ("dropped: duplicates", documents.get("duplicates")),
+        ("kept", documents.get("kept")),
+    ]
+    splits = [
+        (f"{split} {what}", tokens.get(f"{split}_{what}"))
+        for split in ("train", "valid")
+        for what in ("documents", "tokens", "rows", "shards")
+    ]
+    settings = [
+        ("context length", tokens.get("context_length")),
+        ("vocabulary size", tokens.get("vocab_size")),
+    ]
+    return "\n\n".join(
+        [
+            "# Data report",
+            "## Files",
+            markdown_table([r for r in files if r[1] is not None], ("", "count")),
+            "## Tokens and shards",
+            markdown_table(splits + settings, ("", "count")),
+        ]
+    )
+
+
+def metrics_rows(training: dict, evaluation: dict, wall_seconds: float) -> list[dict[str, str]]:
+    """The run's headline figures as rows of a table artifact."""
+    rows = [
+        ("final train loss", training.get("final_train_loss")),
+        ("validation loss", evaluation.get("valid_loss")),
+        ("validation perplexity", evaluation.get("perplexity")),
+        ("untrained model's perplexity", evaluation.get("untrained_perplexity")),
+        ("training tokens/s", training.get("tokens_per_second")),
+        ("training processes", training.get("processes")),
+        ("optimizer steps", training.get("steps")),
+        ("training tokens", training.get("tokens")),
+        ("training wall time (s)", training.get("train_seconds")),
+        ("pipeline wall time (s)", wall_seconds),
+    ]
+    return [{"metric": name, "value": _number(value)} for name, value in rows]
+
+
+def samples_markdown(samples: list[dict[str, str]]) -> str:
+    """Each prompt with the model's completion, as Python code blocks."""
+    blocks = [f"```python\n{s['prompt']}{s['completion']}\n```" for s in samples]
+    return "# Sample generations\n\nGreedy completions of the fixed prompts.\n\n" + "\n\n".join(
+        blocks
+    )
+
+
+def model_markdown(model_uri: str, perplexity: float) -> str:
+    """Where the published model is and how to use it."""
+    return (
+        f"Published model: `{model_uri}` (validation perplexity {perplexity:.2f}).\n\n"
+        f'Try it: `codeparrot-ds generate "# create scatter plot with x, y" --model {model_uri}`'
+    )
+
+
+# Geometry of the loss chart, in SVG user units.
+WIDTH, HEIGHT, MARGIN = 640, 360, 56
+SERIES_COLOURS = {"train loss": "#2563eb", "validation loss": "#dc2626"}
+
+
+def _ticks(low: float, high: float, count: int = 5) -> list[float]:
+    step = (high - low) / (count - 1) if high > low else 1.0
+    return [low + i * step for i in range(count)]
+
+
+def loss_curve_svg(history: dict[str, list[dict]]) -> str:
+    """An SVG line chart of train and validation loss against the optimizer step."""
+    series = {
+        "train loss": [(r["step"], r["loss"]) for r in history.get("train", [])],
+        "validation loss": [(r["step"], r["valid_loss"]) for r in history.get("valid", [])],
+    }
+    points = [p for values in series.values() for p in values]
+    if not points:
+        raise ValueError("the training history holds no logged step to plot")
+    steps = [s for s, _ in points]
+    losses = [loss for _, loss in points]
+    x_low, x_high = 0, max(steps)
+    y_low, y_high = min(losses), max(losses)
+    if y_high == y_low:
+        y_high = y_low + 1.0
+    plot_w, plot_h = WIDTH - 2 * MARGIN, HEIGHT - 2 * MARGIN
+
+    def x(step: float) -> float:
+        return MARGIN + plot_w * (step - x_low) / max(x_high - x_low, 1)
+
+    def y(loss: float) -> float:
+        return MARGIN + plot_h * (y_high - loss) / (y_high - y_low)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+        f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
+        f'<text x="{WIDTH / 2}" y="24" text-anchor="middle" font-size="15">Loss by step</text>',
+    ]
+    for value in _ticks(y_low, y_high):
+        parts.append(
+            f'<line x1="{MARGIN}" x2="{WIDTH - MARGIN}" y1="{y(value):.1f}" y2="{y(value):.1f}" '
+            'stroke="#e5e7eb"/>'
+            f'<text x="{MARGIN - 6}" y="{y(value) + 4:.1f}" text-anchor="end">{value:.2f}</text>'
+        )
+    for value in _ticks(x_low, x_high):
+        parts.append(
+            f'<text x="{x(value):.1f}" y="{HEIGHT - MARGIN + 18}" text-anchor="middle">'
+            f"{value:,.0f}</text>"
+        )
+    parts.append(
+        f'<text x="{WIDTH / 2}" y="{HEIGHT - 12}" text-anchor="middle">optimizer step</text>'
+    )
+    for index, (name, values) in enumerate(series.items()):
+        colour = SERIES_COLOURS[name]
+        if values:
+            coords = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in values)
+            parts.append(
+                f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2"/>'
+            )
+        legend_y = MARGIN + 16 * index
+        parts.append(
+            f'<line x1="{WIDTH - MARGIN - 150}" x2="{WIDTH - MARGIN - 130}" y1="{legend_y}" '
+            f'y2="{legend_y}" stroke="{colour}" stroke-width="2"/>'
+            f'<text x="{WIDTH - MARGIN - 124}" y="{legend_y + 4}">{escape(name)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def svg_data_url(svg: str) -> str:
+    """The SVG as a data URL: an image any browser shows without reaching the store."""
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
