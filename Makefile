@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup smoke test lint bench clean
+.PHONY: setup smoke test lint bench clean stack-up stack-down
 
 setup: $(STAMP)
 
@@ -33,4 +33,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/tokenize_throughput.py
 
 clean:
-	rm -rf $(VENV) codeparrot-store .pytest_cache .ruff_cache
+	rm -rf $(VENV) codeparrot-store .stack .pytest_cache .ruff_cache
+
+# The local stack: Prefect server + UI on http://127.0.0.1:4200, SeaweedFS S3, work pools,
+# workers and the deployments of deployments/prefect.yaml. Data stays in .stack/.
+stack-up: $(STAMP)
+	$(BIN)/python -m deployments.stack up
+
+stack-down: $(STAMP)
+	$(BIN)/python -m deployments.stack down

@@ -112,21 +112,29 @@ class SeaweedFS:
         self.stop()
         raise TimeoutError(f"SeaweedFS did not answer on {self.endpoint} in {timeout:.0f} s")
 
-    def _answers(self) -> bool:
+    def _filesystem(self):
         import s3fs
 
-        fs = s3fs.S3FileSystem(
+        return s3fs.S3FileSystem(
             key=self.access_key,
             secret=self.secret_key,
             endpoint_url=self.endpoint,
             skip_instance_cache=True,
             config_kwargs={"connect_timeout": 1, "retries": {"max_attempts": 1}},
         )
+
+    def _answers(self) -> bool:
         try:
-            fs.ls("", refresh=True)
+            self._filesystem().ls("", refresh=True)
         except Exception:
             return False
         return True
+
+    def create_bucket(self, name: str) -> None:
+        """Create a bucket unless it exists."""
+        fs = self._filesystem()
+        if not fs.exists(name):
+            fs.mkdir(name)
 
     def stop(self) -> None:
         """Stop the server (its data stays for a restart)."""
