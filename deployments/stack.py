@@ -197,7 +197,7 @@ The stack is up (logs in {logs}).
   Run the pipeline: UI > Deployments > codeparrot-ds-pipeline / on-demand > Run > Custom run,
   choose preset "smoke", and press Submit. Or from a shell:
     source {env_file.relative_to(REPO_ROOT)} && \\
-    prefect deployment run codeparrot-ds-pipeline/on-demand -p preset=smoke
+    .venv/bin/prefect deployment run codeparrot-ds-pipeline/on-demand -p preset=smoke
   Stop it with: make stack-down""")
 
 

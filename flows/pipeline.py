@@ -23,23 +23,24 @@ PresetName = Literal[tuple(PRESETS)]
 
 @flow(name="codeparrot-ds-pipeline")
 def codeparrot_pipeline(
-    # A default instance lets the Prefect UI render every field's default in the run form.
-    config: PipelineConfig = PipelineConfig(),  # noqa: B008
     preset: PresetName | None = None,
     store_url: str | None = None,
     training_deployment: str | None = None,
+    # A default instance lets the Prefect UI render every field's default in the run form.
+    config: PipelineConfig = PipelineConfig(),  # noqa: B008
 ) -> dict[str, Any]:
     """Stream, filter, tokenize, train, evaluate and publish; return where the model went.
 
     Every stage is found done in the store when its inputs, parameters and code are unchanged.
 
     Args:
-        config: Every stage's settings (the defaults are the course's 124M run).
         preset: A named preset to run instead of `config`: smoke (CPU, minutes) or course (GPU).
         store_url: Where stage outputs live (a folder or s3://bucket/prefix); empty uses the
             worker's $CODEPARROT_STORE, else ./codeparrot-store.
         training_deployment: Train on this deployment's workers (e.g. codeparrot-ds-train/gpu)
             instead of in this flow run; the training run needs only the store.
+        config: Every stage's settings (the defaults are the course's 124M run); ignored when
+            a preset is chosen.
     """
     started = time.perf_counter()
     if preset is not None:

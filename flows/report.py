@@ -135,10 +135,10 @@ def loss_curve_svg(history: dict[str, list[dict]]) -> str:
             'stroke="#e5e7eb"/>'
             f'<text x="{MARGIN - 6}" y="{y(value) + 4:.1f}" text-anchor="end">{value:.2f}</text>'
         )
-    for value in _ticks(x_low, x_high):
+    for step in sorted({round(value) for value in _ticks(x_low, x_high)}):
         parts.append(
-            f'<text x="{x(value):.1f}" y="{HEIGHT - MARGIN + 18}" text-anchor="middle">'
-            f"{value:,.0f}</text>"
+            f'<text x="{x(step):.1f}" y="{HEIGHT - MARGIN + 18}" text-anchor="middle">'
+            f"{step:,}</text>"
         )
     parts.append(
         f'<text x="{WIDTH / 2}" y="{HEIGHT - 12}" text-anchor="middle">optimizer step</text>'

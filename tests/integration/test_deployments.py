@@ -1,0 +1,192 @@
+"""The deployments on a real Prefect server: deployed from deployments/prefect.yaml, run by
+process workers of the ``cpu`` and ``gpu`` pools, checked through the server's API."""
+
+from __future__ import annotations
+
+import time
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+    TaskRunFilter,
+    TaskRunFilterFlowRunId,
+)
+from prefect.client.schemas.objects import FlowRun
+
+from deployments.stack import (
+    WORKER_LIMITS,
+    create_work_pools,
+    deploy,
+    prefect_environment,
+    start_prefect_server,
+    start_worker,
+    stop_group,
+)
+from flows.artifacts import (
+    DATA_REPORT_KEY,
+    LOSS_CURVE_KEY,
+    METRICS_KEY,
+    MODEL_KEY,
+    SAMPLES_KEY,
+)
+from storage.seaweedfs import HOST, free_ports
+from tasks.progress import PROGRESS_KEY
+from tests.flows.test_pipeline import _config
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+RUN_TIMEOUT = 420
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """A Prefect server with the deployments and a worker per pool; stores in a temp folder."""
+    root = tmp_path_factory.mktemp("stack")
+    port = free_ports(1)[0]
+    api_url = f"http://{HOST}:{port}/api"
+    server = start_prefect_server(root / "home", port, root / "server.log")
+    env = {
+        **prefect_environment(root / "home", api_url),
+        "CODEPARROT_STORE": str(root / "store"),
+        "CODEPARROT_CACHE_DIR": str(root / "cache"),
+    }
+    workers = []
+    try:
+        create_work_pools(env)
+        deploy(env)
+        workers = [start_worker(p, env, root / f"worker-{p}.log") for p in WORKER_LIMITS]
+        with SyncPrefectClient(api_url) as client:
+            yield client, root
+    finally:
+        for process in [*workers, server]:
+            stop_group(process.pid)
+
+
+def _wait(client: SyncPrefectClient, run_id: UUID, root) -> FlowRun:
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline:
+        run = client.read_flow_run(run_id)
+        if run.state is not None and run.state.is_final():
+            return run
+        time.sleep(2)
+    logs = "\n".join(p.read_text()[-3000:] for p in sorted(root.glob("worker-*.log")))
+    pytest.fail(f"flow run {run_id} did not finish in {RUN_TIMEOUT} s; worker logs:\n{logs}")
+
+
+def _start(client: SyncPrefectClient, deployment: str, parameters: dict) -> UUID:
+    found = client.read_deployment_by_name(deployment)
+    return client.create_flow_run_from_deployment(found.id, parameters=parameters).id
+
+
+def _logs(client: SyncPrefectClient, run_id: UUID) -> list[str]:
+    found = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    return [log.message for log in found]
+
+
+def test_pipeline_deployment_runs_on_workers_and_reports_to_the_ui(stack, corpus_dir):
+    client, root = stack
+    config = _config(corpus_dir)
+    run_id = _start(
+        client, "codeparrot-ds-pipeline/on-demand", {"config": config.model_dump(mode="json")}
+    )
+    run = _wait(client, run_id, root)
+    assert run.state.is_completed(), run.state.message
+
+    task_runs = client.read_task_runs(
+        task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id]))
+    )
+    names = {t.name.rsplit("-", 1)[0] for t in task_runs}
+    assert {
+        "stream-corpus",
+        "filter-by-keywords",
+        "train-tokenizer",
+        "tokenize-to-shards",
+        "train-model-on-deployment",
+        "evaluate-perplexity",
+        "publish-model",
+    } <= names
+    assert all(t.state.is_completed() for t in task_runs)
+    assert any("tokens:" in m or "committed" in m for m in _logs(client, run_id))
+
+    # Training ran as its own flow run on the gpu pool, a child of the pipeline's run, and its
+    # progress lines reached the UI.
+    children = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])
+        )
+    )
+    assert [c.work_pool_name for c in children] == ["gpu"]
+    assert children[0].state.is_completed()
+    training_logs = _logs(client, children[0].id)
+    steps = config.train.max_steps
+    assert any(f"step {steps}/{steps}" in m and "tok/s" in m for m in training_logs)
+
+    keys = [DATA_REPORT_KEY, PROGRESS_KEY, LOSS_CURVE_KEY, METRICS_KEY, SAMPLES_KEY, MODEL_KEY]
+    artifacts = {
+        a.key: a
+        for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id, children[0].id])),
+        )
+    }
+    assert sorted(artifacts) == sorted(keys)
+    assert artifacts[PROGRESS_KEY].data == 100.0
+    assert "kept" in artifacts[DATA_REPORT_KEY].data
+    assert artifacts[LOSS_CURVE_KEY].data.startswith("data:image/svg+xml;base64,")
+    assert "perplexity" in str(artifacts[METRICS_KEY].data)
+    assert "# create scatter plot with x, y" in artifacts[SAMPLES_KEY].data
+    assert "/models/codeparrot-ds/" in artifacts[MODEL_KEY].data
+
+    nightly = client.read_deployment_by_name("codeparrot-ds-pipeline/nightly")
+    [schedule] = nightly.schedules
+    assert schedule.active
+    assert schedule.schedule.cron == "0 2 * * *"
+    assert schedule.schedule.timezone == "UTC"
+    assert nightly.work_pool_name == "cpu"
+
+
+def test_a_second_training_run_waits_for_the_first(stack, tokens_ref, tokenizer_ref):
+    client, root = stack
+    base = _config("unused").model_dump(mode="json")
+    runs = [
+        _start(
+            client,
+            "codeparrot-ds-train/gpu",
+            {
+                "tokens": tokens_ref.model_dump(mode="json"),
+                "tokenizer": tokenizer_ref.model_dump(mode="json"),
+                "model": base["model"],
+                "train": {**base["train"], "seed": seed},
+            },
+        )
+        for seed in (1, 2)
+    ]
+    first, second = sorted((_wait(client, r, root) for r in runs), key=lambda r: r.start_time)
+    assert first.state.is_completed() and second.state.is_completed()
+    assert second.start_time >= first.end_time
+
+
+def test_a_failed_stage_is_shown_with_what_to_do(stack, tmp_path):
+    client, root = stack
+    empty = tmp_path / "no-python-here"
+    empty.mkdir()
+    config = _config(empty)
+    run_id = _start(
+        client, "codeparrot-ds-pipeline/on-demand", {"config": config.model_dump(mode="json")}
+    )
+    run = _wait(client, run_id, root)
+    assert run.state.is_failed()
+    task_runs = client.read_task_runs(
+        task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id]))
+    )
+    [failed] = [t for t in task_runs if t.state.is_failed()]
+    assert failed.name.startswith("stream-corpus")
+    assert "point corpus.roots at a folder of Python code" in "\n".join(_logs(client, run_id))
