@@ -27,9 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_FILE = "deployments/prefect.yaml"
 STACK_DIR = REPO_ROOT / ".stack"
 BUCKET = "codeparrot-ds"
-# Work pools and how many flow runs each worker of the pool runs at once (None: no limit).
-# The GPU worker trains one model at a time: one worker per GPU machine.
-WORKER_LIMITS = {"cpu": None, "gpu": 1}
+# The pipeline runs on ``cpu``; training on ``gpu``, whose deployment runs one at a time.
+WORK_POOLS = ("cpu", "gpu")
 
 
 def prefect_environment(home: Path, api_url: str) -> dict[str, str]:
@@ -41,6 +40,8 @@ def prefect_environment(home: Path, api_url: str) -> dict[str, str]:
         "PREFECT_SERVER_API_HOST": HOST,
         # Workers look for due runs every 2 s, so a run pressed in the UI starts at once.
         "PREFECT_WORKER_QUERY_SECONDS": "2",
+        # A run waiting for the training deployment's slot tries again every 5 s (not 30 s).
+        "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "5",
     }
 
 
@@ -107,7 +108,7 @@ def wait_for_api(api_url: str, process: subprocess.Popen, log_path: Path, timeou
 def create_work_pools(env: dict[str, str]) -> None:
     """The ``cpu`` and ``gpu`` process work pools (left as they are if they exist)."""
     existing = run_prefect(env, "work-pool", "ls")
-    for pool in WORKER_LIMITS:
+    for pool in WORK_POOLS:
         if f" {pool} " not in existing:
             run_prefect(env, "work-pool", "create", pool, "--type", "process")
 
@@ -120,8 +121,6 @@ def deploy(env: dict[str, str]) -> None:
 def start_worker(pool: str, env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """Start a process worker for a pool."""
     args = ["worker", "start", "--pool", pool, "--name", f"local-{pool}", "--type", "process"]
-    if WORKER_LIMITS[pool] is not None:
-        args += ["--limit", str(WORKER_LIMITS[pool])]
     return start_detached(prefect_command(*args), log_path, env)
 
 
@@ -180,7 +179,7 @@ def up(port: int) -> None:
         seaweedfs.create_bucket(BUCKET)
         create_work_pools(env)
         deploy(env)
-        for pool in WORKER_LIMITS:
+        for pool in WORK_POOLS:
             worker = start_worker(pool, env, logs / f"worker-{pool}.log")
             pids[f"worker-{pool}"] = worker.pid
         _state_path().write_text(json.dumps(state))

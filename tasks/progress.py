@@ -25,14 +25,14 @@ def describe_progress(record: dict[str, Any]) -> str:
 
 
 class ProgressArtifact:
-    """Reports training progress to a Prefect progress artifact.
+    """Reports training progress to a Prefect progress artifact, created at the first report.
 
     A failing update is logged once and otherwise ignored: the UI is not worth a training run.
     """
 
-    def __init__(self, artifact_id: UUID, log: logging.Logger | logging.LoggerAdapter) -> None:
-        self.artifact_id = artifact_id
+    def __init__(self, log: logging.Logger | logging.LoggerAdapter) -> None:
         self.log = log
+        self.artifact_id: UUID | None = None
         self.failed = False
 
     @classmethod
@@ -40,19 +40,19 @@ class ProgressArtifact:
         """A reporter for the task or flow run this code runs in; None outside any run."""
         if TaskRunContext.get() is None and FlowRunContext.get() is None:
             return None
-        artifact_id = create_progress_artifact(
-            0.0, key=PROGRESS_KEY, description="training is starting"
-        )
-        return cls(artifact_id, log)
+        return cls(log)
 
     def __call__(self, record: dict[str, Any]) -> None:
         """Move the artifact to this record's step."""
+        percent = 100.0 * record["step"] / record["total_steps"]
+        description = describe_progress(record)
         try:
-            update_progress_artifact(
-                self.artifact_id,
-                100.0 * record["step"] / record["total_steps"],
-                description=describe_progress(record),
-            )
+            if self.artifact_id is None:
+                self.artifact_id = create_progress_artifact(
+                    percent, key=PROGRESS_KEY, description=description
+                )
+            else:
+                update_progress_artifact(self.artifact_id, percent, description=description)
         except Exception as err:  # noqa: BLE001 - any API fault; training goes on
             if not self.failed:
                 self.log.warning("could not update the training progress artifact: %s", err)

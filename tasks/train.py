@@ -10,7 +10,10 @@ from pathlib import Path
 import accelerate
 import torch
 import transformers
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.responses import DeploymentResponse
 from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 
 import tasks.training.checkpoint
 import tasks.training.config
@@ -127,6 +130,24 @@ def train_from_shards(
     }
 
 
+def training_request(
+    tokens: StageRef,
+    tokenizer: StageRef,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    store_url: str,
+) -> dict:
+    """A training run's inputs as plain JSON: the training flow's parameters, and what a
+    launched training process reads."""
+    return {
+        "tokens": tokens.model_dump(mode="json"),
+        "tokenizer": tokenizer.model_dump(mode="json"),
+        "model": model_config.model_dump(mode="json"),
+        "train": train_config.model_dump(mode="json"),
+        "store_url": store_url,
+    }
+
+
 def build_training(
     tokens: StageRef,
     tokenizer_ref: StageRef,
@@ -143,11 +164,7 @@ def build_training(
             tokens, tokenizer_ref, model_config, train_config, writer, log, on_progress
         )
     request = {
-        "tokens": tokens.model_dump(mode="json"),
-        "tokenizer": tokenizer_ref.model_dump(mode="json"),
-        "model": model_config.model_dump(mode="json"),
-        "train": train_config.model_dump(mode="json"),
-        "store_url": writer.store.url,
+        **training_request(tokens, tokenizer_ref, model_config, train_config, writer.store.url),
         "stage": writer.stage,
         "key": writer.key,
     }
@@ -204,7 +221,18 @@ def train_model(
 
 
 class TrainingRunError(RuntimeError):
-    """The training deployment's run did not complete."""
+    """The training deployment is missing, or its run did not complete."""
+
+
+def read_deployment(name: str) -> DeploymentResponse:
+    """The deployment called ``flow-name/deployment-name`` on the current Prefect server."""
+    if name.count("/") != 1:
+        raise TrainingRunError(
+            f"training_deployment {name!r} must look like flow-name/deployment-name, "
+            "e.g. codeparrot-ds-train/gpu"
+        )
+    with get_client(sync_client=True) as client:
+        return client.read_deployment_by_name(name)
 
 
 @stage_task("train-model-on-deployment", train_spec)
@@ -227,15 +255,17 @@ def train_model_on_deployment(
     manifest = load_manifest(store, spec.stage, spec.key)
     if manifest is None:
         log.info("training on deployment %s; waiting for its run", deployment)
+        try:
+            found = read_deployment(deployment)
+        except ObjectNotFound:
+            raise TrainingRunError(
+                f"there is no deployment {deployment!r}; deploy deployments/prefect.yaml "
+                "(`prefect deploy --prefect-file deployments/prefect.yaml --all`) or leave "
+                "training_deployment empty to train in this run"
+            ) from None
         flow_run = run_deployment(
-            deployment,
-            parameters={
-                "tokens": tokens.model_dump(mode="json"),
-                "tokenizer": tokenizer.model_dump(mode="json"),
-                "model": model_config.model_dump(mode="json"),
-                "train": train_config.model_dump(mode="json"),
-                "store_url": store_url,
-            },
+            found.id,
+            parameters=training_request(tokens, tokenizer, model_config, train_config, store_url),
             poll_interval=DEPLOYMENT_POLL_SECONDS,
         )
         state = flow_run.state

@@ -157,3 +157,22 @@ def test_io_errors_are_retried_and_user_errors_are_not(prefect_server):
 
     assert both() == "ok"
     assert calls == {"io": 2, "value": 1}
+
+
+@pytest.mark.parametrize(
+    ("deployment", "message"),
+    [
+        ("codeparrot-ds-train/missing", "there is no deployment"),
+        ("gpu", "must look like flow-name/deployment-name"),
+    ],
+)
+def test_training_on_an_unknown_deployment_says_what_to_do(
+    prefect_server, tokens_ref, tokenizer_ref, store, deployment, message
+):
+    from tasks.train import TrainingRunError, train_model_on_deployment
+
+    config = _config("unused")
+    with pytest.raises(TrainingRunError, match=message):
+        train_model_on_deployment.fn(
+            tokens_ref, tokenizer_ref, config.model, config.train, store.url, deployment
+        )

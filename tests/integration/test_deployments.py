@@ -22,7 +22,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun
 
 from deployments.stack import (
-    WORKER_LIMITS,
+    WORK_POOLS,
     create_work_pools,
     deploy,
     prefect_environment,
@@ -39,6 +39,7 @@ from flows.artifacts import (
 )
 from storage.seaweedfs import HOST, free_ports
 from tasks.progress import PROGRESS_KEY
+from tasks.train import training_request
 from tests.flows.test_pipeline import _config
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -62,7 +63,7 @@ def stack(tmp_path_factory):
     try:
         create_work_pools(env)
         deploy(env)
-        workers = [start_worker(p, env, root / f"worker-{p}.log") for p in WORKER_LIMITS]
+        workers = [start_worker(p, env, root / f"worker-{p}.log") for p in WORK_POOLS]
         with SyncPrefectClient(api_url) as client:
             yield client, root
     finally:
@@ -155,23 +156,34 @@ def test_pipeline_deployment_runs_on_workers_and_reports_to_the_ui(stack, corpus
 
 def test_a_second_training_run_waits_for_the_first(stack, tokens_ref, tokenizer_ref):
     client, root = stack
-    base = _config("unused").model_dump(mode="json")
+    config = _config("unused")
     runs = [
         _start(
             client,
             "codeparrot-ds-train/gpu",
-            {
-                "tokens": tokens_ref.model_dump(mode="json"),
-                "tokenizer": tokenizer_ref.model_dump(mode="json"),
-                "model": base["model"],
-                "train": {**base["train"], "seed": seed},
-            },
+            training_request(
+                tokens_ref,
+                tokenizer_ref,
+                config.model,
+                config.train.model_copy(update={"seed": seed}),
+                tokens_ref.store_url,
+            ),
         )
         for seed in (1, 2)
     ]
-    first, second = sorted((_wait(client, r, root) for r in runs), key=lambda r: r.start_time)
+    seen: dict[UUID, set[str]] = {run: set() for run in runs}
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline:
+        states = {run: client.read_flow_run(run).state for run in runs}
+        for run, state in states.items():
+            seen[run].add(state.name)
+        if all(state.is_final() for state in states.values()):
+            break
+        time.sleep(0.5)
+    first, second = sorted((client.read_flow_run(r) for r in runs), key=lambda r: r.start_time)
     assert first.state.is_completed() and second.state.is_completed()
     assert second.start_time >= first.end_time
+    assert "AwaitingConcurrencySlot" in seen[second.id]
 
 
 def test_a_failed_stage_is_shown_with_what_to_do(stack, tmp_path):
