@@ -23,7 +23,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
         return 0
     started = time.perf_counter()
-    result = codeparrot_pipeline(config=config, store_url=args.store)
+    result = codeparrot_pipeline(
+        config=config, store_url=args.store, training_deployment=args.training_deployment
+    )
     elapsed = time.perf_counter() - started
     print()
     print(f"model:       {result['model_uri']}")
@@ -77,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=default_store_url(),
         help=f"store URL: a folder, file:///path or s3://bucket/prefix "
         f"(default ${STORE_URL_ENV} or ./{DEFAULT_STORE_URL})",
+    )
+    run.add_argument(
+        "--training-deployment",
+        metavar="FLOW/DEPLOYMENT",
+        help="train on this deployment's workers, e.g. codeparrot-ds-train/gpu (needs a "
+        "Prefect server with the deployments and a store both machines reach)",
     )
     run.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit"
