@@ -19,13 +19,13 @@ $(STAMP): pyproject.toml
 smoke: $(STAMP)
 	$(BIN)/codeparrot-ds run --preset smoke
 
+# ruff, then the layering contracts in pyproject.toml (flows -> tasks -> storage, no cycles).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
-test: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+test: lint
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

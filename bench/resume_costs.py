@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from storage.seaweedfs import SeaweedFS
+from deployments.seaweedfs import SeaweedFS
 from storage.stages import CHECKPOINTS_DIR
 from storage.store import Store
 
@@ -47,9 +47,9 @@ def run_cli(store_url: str, env: dict, *overrides: str) -> tuple[float, str]:
 
 def training_counts(store: Store) -> dict:
     """The counts of the newest committed training output in a store."""
-    manifests = [f for f in store.list_files("training") if f.endswith("_manifest.json")]
-    newest = max(manifests, key=lambda f: store.read_json(f"training/{f}")["created_at"])
-    return store.read_json(f"training/{newest}")["counts"]
+    manifests = [f for f in store.list_files("train") if f.endswith("_manifest.json")]
+    newest = max(manifests, key=lambda f: store.read_json(f"train/{f}")["created_at"])
+    return store.read_json(f"train/{newest}")["counts"]
 
 
 def kill_training(store_url: str, env: dict, kill_after: int, seed: str) -> dict:
@@ -114,7 +114,7 @@ def main() -> None:
                 }
             ),
         )
-        checkpoints = Store("s3://bench/store").list_files("training")
+        checkpoints = Store("s3://bench/store").list_files("train")
         kept = sorted({f.split("/")[2] for f in checkpoints if f"/{CHECKPOINTS_DIR}/" in f})
         print("checkpoints kept on S3 (last run):", kept)
     finally:

@@ -11,18 +11,19 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections import Counter
 
 from storage.shards import TokenShardWriter, token_dtype
 from storage.stages import StageWriter
 from storage.store import Store
 from tasks.corpus import decode_source, default_roots, list_python_files
-from tasks.tokenize import TokenizeConfig, tokenize_split
-from tasks.tokenizer import train_bpe_tokenizer
+from tasks.tokenize import Packer, TokenizeConfig, tokenize_batches
+from tasks.tokenizer import token_id_bound, train_bpe_tokenizer
 
 
 def read_texts(megabytes: float) -> list[str]:
     """Python files from site-packages, up to the given size."""
-    listing = list_python_files(default_roots())
+    listing, _ = list_python_files(default_roots())
     texts, total = [], 0
     for root, path in zip(listing["root"].to_pylist(), listing["path"].to_pylist(), strict=True):
         with open(f"{root}/{path}", "rb") as f:
@@ -59,15 +60,18 @@ def main() -> None:
     raw_seconds = time.perf_counter() - start
 
     results = {"raw tokenizers encode_batch": (raw_seconds, raw_tokens)}
+    dtype = token_dtype(token_id_bound(tokenizer))
     for mode in ("course", "packed"):
-        mode_config = config.model_copy(update={"mode": mode})
         with tempfile.TemporaryDirectory() as folder:
-            writer = StageWriter(Store(folder), "tokens", "bench")
-            shards = TokenShardWriter(writer, "train", 128, token_dtype(len(tokenizer)), 65_536)
+            writer = StageWriter(Store(folder), "tokenize", "0" * 20)
+            shards = TokenShardWriter(writer, "train", 128, dtype, config.rows_per_shard)
+            packer = Packer(128, tokenizer.eos_token_id)
+            counts: Counter = Counter()
             start = time.perf_counter()
-            counts = tokenize_split(
-                batches(texts, config.batch_size), tokenizer, mode_config, shards
+            tokenize_batches(
+                batches(texts, config.batch_size), tokenizer, mode, packer, shards, counts
             )
+            shards.flush()
             results[f"ours, {mode} mode + shards"] = (time.perf_counter() - start, counts["tokens"])
 
     print(f"{len(texts)} files, {megabytes:.1f} MB of Python, vocab {len(tokenizer)}")

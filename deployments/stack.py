@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from storage.seaweedfs import HOST, SeaweedFS
+from deployments.seaweedfs import HOST, SeaweedFS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_FILE = "deployments/prefect.yaml"

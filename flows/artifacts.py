@@ -13,7 +13,8 @@ from prefect.artifacts import (
 
 from flows import report
 from storage.stages import StageRef, read_part
-from tasks.train import HISTORY_PART
+from storage.store import Store
+from tasks.training_run import HISTORY_PART
 
 DATA_REPORT_KEY = "codeparrot-ds-data-report"
 LOSS_CURVE_KEY = "codeparrot-ds-loss-curve"
@@ -31,9 +32,11 @@ def publish_data_report(corpus: StageRef, documents: StageRef, tokens: StageRef)
     )
 
 
-def publish_training_report(training: StageRef, evaluation: StageRef, wall_seconds: float) -> None:
+def publish_training_report(
+    store: Store, training: StageRef, evaluation: StageRef, wall_seconds: float
+) -> None:
     """The loss curve, the metrics table and the sample generations."""
-    history = json.loads(read_part(training, HISTORY_PART))
+    history = json.loads(read_part(store, training, HISTORY_PART))
     create_image_artifact(
         report.svg_data_url(report.loss_curve_svg(history)),
         key=LOSS_CURVE_KEY,

@@ -3,14 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 from storage.store import DEFAULT_STORE_URL, STORE_URL_ENV, default_store_url
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+
+
+@contextlib.contextmanager
+def prefect_server() -> Iterator[None]:
+    """The Prefect server for this command: the configured one, or a temporary local one.
+
+    The temporary server is Prefect's own, started here with SIGINT blocked, a mask it
+    inherits: a Ctrl-C, which the terminal sends to the whole process group, then reaches only
+    this process, which records the run as crashed while the server still answers. Prefect
+    stops the server at exit, after its logs are sent; SIGTERM is turned into an exit too
+    (``main``), so neither signal leaves the server running.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        server = SubprocessASGIServer()
+        server.start()  # registers its own stop at exit
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        yield
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -23,9 +54,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
         return 0
     started = time.perf_counter()
-    result = codeparrot_pipeline(
-        config=config, store_url=args.store, training_deployment=args.training_deployment
-    )
+    with prefect_server():
+        result = codeparrot_pipeline(
+            config=config, store_url=args.store, training_deployment=args.training_deployment
+        )
     elapsed = time.perf_counter() - started
     print()
     print(f"model:       {result['model_uri']}")
@@ -39,19 +71,79 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_store(url: str):
+    """The store at ``url``, with S3 credentials from a Prefect block when one is named."""
+    from storage.store import Store, normalize_store_url
+
+    if not normalize_store_url(url).startswith("file://"):
+        from tasks.credentials import use_credentials_block
+
+        use_credentials_block()
+    return Store(url)
+
+
+def resolve_model(model: str | None, store_url: str, name: str) -> str:
+    """The folder (or Hub name) to load: ``--model`` as given, else LATEST in the store.
+
+    A local-looking ``--model`` must be a model folder; it is never looked up on the Hub.
+    """
+    from storage.store import fetch_folder
+    from tasks.generation import ModelLoadError
+    from tasks.publish import latest_model, published_folder
+    from tasks.tokenizer import is_local_name
+
+    if not model:
+        store = _open_store(store_url)
+        return str(published_folder(store, latest_model(store, name)))
+    if "://" in model:
+        return str(fetch_folder(model))
+    if is_local_name(model):
+        folder = Path(model).expanduser()
+        if not (folder / "config.json").is_file():
+            what = "does not exist" if not folder.exists() else "holds no model (no config.json)"
+            raise ModelLoadError(
+                f"--model {model}: {what}; give the folder of a published model, e.g. "
+                "codeparrot-store/models/codeparrot-ds/<version>"
+            )
+        return str(folder)
+    return model
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """Complete a prompt with a published model (the newest in the store unless --model)."""
-    from storage.store import Store, fetch_folder
     from tasks.generation import complete, load_generator
-    from tasks.publish import latest_model, published_folder
 
-    if args.model:
-        model = str(fetch_folder(args.model)) if "://" in args.model else args.model
-    else:
-        model = str(published_folder(latest_model(Store(args.store), args.name)))
+    model = resolve_model(args.model, args.store, args.name)
     prompt = args.prompt if args.prompt.endswith("\n") else args.prompt + "\n"
     completion = complete(load_generator(model), prompt, args.max_new_tokens, args.temperature)
     print(prompt + completion)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check every committed output of the store against its manifest; list what is damaged."""
+    from storage.verify import repair, verify_store
+
+    store = _open_store(args.store)
+    report = verify_store(store)
+    print(
+        f"checked {report.outputs} committed outputs, {report.parts} parts, "
+        f"{report.bytes:,} bytes hashed in {store.url}"
+    )
+    for damage in report.damage:
+        print(f"DAMAGED {store.uri(damage.output)}/{damage.name}: {damage.problem}")
+    if not report.damage:
+        print("no damage found")
+        return 0
+    if not args.repair:
+        print(
+            f"{len(report.damage)} problem(s); run again with --repair to uncommit the damaged "
+            "outputs, so that the next run rebuilds them"
+        )
+        return EXIT_FAILURE
+    for rel in repair(store, report.damage):
+        print(f"removed {store.uri(rel)}")
+    print("repaired: the next run rebuilds what was uncommitted")
     return 0
 
 
@@ -99,19 +191,38 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
     gen.set_defaults(func=cmd_generate)
+
+    verify = sub.add_parser(
+        "verify", help="check every committed output in the store against its manifest"
+    )
+    verify.add_argument("--store", default=default_store_url(), help="store URL to check")
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="uncommit damaged outputs (remove their manifests) so the next run rebuilds them",
+    )
+    verify.set_defaults(func=cmd_verify)
     return parser
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    # SIGTERM's default ends Python at once, skipping atexit, and the temporary Prefect server
+    # that a plain run starts would be orphaned; unwinding stops it (and launched trainers).
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``codeparrot-ds``; user errors print one clear message and exit 2."""
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     from flows.config import ConfigError
+    from storage.shards import TokenRangeError
     from storage.store import StoreError, StoreUnavailableError
     from tasks.corpus import CorpusError
     from tasks.filtering import FilterError
-    from tasks.generation import PromptTooLongError
+    from tasks.generation import ModelLoadError, PromptTooLongError
     from tasks.tokenizer import TokenizerError
 
-    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (
@@ -120,8 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         CorpusError,
         FilterError,
         TokenizerError,
+        TokenRangeError,
         FileNotFoundError,
         PromptTooLongError,
+        ModelLoadError,
     ) as err:
         print(f"codeparrot-ds: error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -129,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         # Not the user's input: the run may be retried as it is once the store is back.
         print(f"codeparrot-ds: error: {err}", file=sys.stderr)
         return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("codeparrot-ds: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ class ConfigError(ValueError):
     """A config file, preset or override is invalid; the message names the field."""
 
 
+# A config is a page of settings; anything larger is the wrong file.
+MAX_CONFIG_BYTES = 1 << 20
+
+
 class PipelineConfig(BaseModel):
     """Parameters of every stage of the pipeline."""
 
@@ -56,8 +60,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML, JSON or TOML config file into a nested mapping."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text()
+        raise ConfigError(f"config file {path} does not exist or is not a regular file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES:,} bytes; is it a config?")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text; give a YAML, JSON or TOML file"
+        ) from None
     try:
         if path.suffix in (".yaml", ".yml"):
             data = yaml.safe_load(text) or {}
@@ -68,7 +79,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         else:
             raise ConfigError(f"config file {path} must end in .yaml, .yml, .json or .toml")
     except (yaml.YAMLError, json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(f"config file {path} is not valid: {err}") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"config file {path} is not valid: {first}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of stage names to settings")
     return data
@@ -82,7 +94,16 @@ def parse_override(assignment: str) -> dict[str, Any]:
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r} must look like section.field=value")
     dotted, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw) if raw else ""
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as err:
+        problem = str(getattr(err, "problem", None) or err).splitlines()[0]
+        raise ConfigError(
+            f"override {assignment!r}: the value is not valid YAML ({problem}); quote it, "
+            "e.g. --set 'section.field=\"text\"'"
+        ) from None
+    if not all(part.strip() for part in dotted.split(".")):
+        raise ConfigError(f"override {assignment!r} must look like section.field=value")
     result: dict[str, Any] = value
     for part in reversed(dotted.strip().split(".")):
         result = {part: result}

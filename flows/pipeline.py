@@ -9,7 +9,8 @@ from prefect import flow
 
 from flows.artifacts import publish_data_report, publish_model_link, publish_training_report
 from flows.config import PRESETS, PipelineConfig, build_config
-from storage.results import open_run_store
+from storage.store import Store
+from tasks.common import open_run_store
 from tasks.corpus import stream_corpus
 from tasks.evaluate import SCATTER_PROMPT, evaluate_perplexity
 from tasks.filtering import filter_by_keywords
@@ -68,16 +69,18 @@ def codeparrot_pipeline(
     }
     published = publish_model(sources, config.publish, store_url)
     perplexity = evaluation.counts["perplexity"]
-    publish_training_report(training, evaluation, time.perf_counter() - started)
-    publish_model_link(published.uri, perplexity)
+    store = Store(store_url)
+    publish_training_report(store, training, evaluation, time.perf_counter() - started)
+    model_uri = store.uri(published.prefix)
+    publish_model_link(model_uri, perplexity)
     samples = {s["prompt"]: s["completion"] for s in evaluation.counts["samples"]}
     return {
-        "model_uri": published.uri,
+        "model_uri": model_uri,
         "perplexity": perplexity,
         "untrained_perplexity": evaluation.counts["untrained_perplexity"],
         "scatter_prompt": SCATTER_PROMPT,
         "scatter_completion": samples.get(SCATTER_PROMPT),
-        "stages": {name: ref.uri for name, ref in sources.items()},
+        "stages": {name: store.uri(ref.prefix) for name, ref in sources.items()},
     }
 
 

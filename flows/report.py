@@ -6,6 +6,8 @@ import base64
 from html import escape
 from typing import Any
 
+from tasks.markdown import code_block, inline_text
+
 
 def _number(value: Any) -> str:
     if isinstance(value, float):
@@ -18,21 +20,25 @@ def _number(value: Any) -> str:
 def markdown_table(rows: list[tuple[str, Any]], header: tuple[str, str]) -> str:
     """A two-column Markdown table."""
     lines = [f"| {header[0]} | {header[1]} |", "|---|---:|"]
-    lines += [f"| {name} | {_number(value)} |" for name, value in rows]
+    lines += [f"| {inline_text(name)} | {inline_text(_number(value))} |" for name, value in rows]
     return "\n".join(lines)
 
 
 def data_report(corpus: dict, documents: dict, tokens: dict) -> str:
     """Markdown: what the corpus held, what the filter kept, and what tokenizing made of it."""
-    skipped = [
-        ("skipped: " + name.removeprefix("skipped_").replace("_", " "), count)
-        for name, count in sorted(documents.items())
-        if name.startswith("skipped_")
-    ]
+
+    def skipped(counts: dict, when: str) -> list[tuple[str, Any]]:
+        return [
+            (f"skipped {when}: " + name.removeprefix("skipped_").replace("_", " "), count)
+            for name, count in sorted(counts.items())
+            if name.startswith("skipped_")
+        ]
+
     files = [
+        *skipped(corpus, "when listing"),
         ("files in the corpus snapshot", corpus.get("files")),
         ("files seen by the filter", documents.get("seen")),
-        *skipped,
+        *skipped(documents, "when reading"),
         ("dropped: no data-science keyword", documents.get("no_keyword")),
         ("dropped: duplicates", documents.get("duplicates")),
         ("kept", documents.get("kept")),
@@ -76,7 +82,7 @@ def metrics_rows(training: dict, evaluation: dict, wall_seconds: float) -> list[
 
 def samples_markdown(samples: list[dict[str, str]]) -> str:
     """Each prompt with the model's completion, as Python code blocks."""
-    blocks = [f"```python\n{s['prompt']}{s['completion']}\n```" for s in samples]
+    blocks = [code_block(f"{s['prompt']}{s['completion']}", "python") for s in samples]
     return "# Sample generations\n\nGreedy completions of the fixed prompts.\n\n" + "\n\n".join(
         blocks
     )

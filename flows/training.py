@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from storage.results import open_run_store
 from storage.stages import StageRef
+from tasks.common import open_run_store
 from tasks.train import train_model
 from tasks.training.config import ModelConfig, TrainConfig
 

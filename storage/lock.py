@@ -18,11 +18,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
-from storage.store import Store
+from storage.store import DamagedObjectError, Store
 
 LOCK_TTL_ENV = "CODEPARROT_LOCK_TTL_SECONDS"
 DEFAULT_TTL_SECONDS = 120.0
 POLL_SECONDS = 1.0
+# A lock object that stays unreadable this long is garbage (a crash mid-write, or planted).
+GARBAGE_SECONDS = 5.0
 
 
 def _process_alive(pid: int) -> bool:
@@ -45,6 +47,7 @@ class StageLock:
         self.ttl = float(os.environ.get(LOCK_TTL_ENV, DEFAULT_TTL_SECONDS))
         self.owner = uuid.uuid4().hex
         self._stop = threading.Event()
+        self._garbage_since: float | None = None
 
     def _content(self) -> bytes:
         return json.dumps(
@@ -61,14 +64,27 @@ class StageLock:
             return True
         return time.time() - float(lock.get("heartbeat", 0)) > self.ttl
 
+    def _read_lock(self) -> dict | None:
+        """The lock's record; an empty dict for one that stays unreadable (so it is broken)."""
+        try:
+            lock = self.store.read_json(self.rel)
+            self._is_stale(lock)  # the fields parse
+        except FileNotFoundError:
+            return None  # released this instant: try again next poll
+        except (DamagedObjectError, ValueError, KeyError, TypeError, AttributeError):
+            now = time.time()
+            self._garbage_since = self._garbage_since or now
+            return {} if now - self._garbage_since > GARBAGE_SECONDS else None
+        self._garbage_since = None
+        return lock
+
     def _try_acquire(self) -> bool:
         if self.store.create_exclusive(self.rel, self._content()):
             return True
-        try:
-            lock = self.store.read_json(self.rel)
-        except (FileNotFoundError, ValueError):
-            return False  # released or being written this instant: try again next poll
-        if self._is_stale(lock):
+        lock = self._read_lock()
+        if lock is None:
+            return False
+        if lock == {} or self._is_stale(lock):
             self.log.warning(
                 "breaking the stale lock %s of pid %s on %s",
                 self.store.uri(self.rel),
@@ -76,8 +92,8 @@ class StageLock:
                 lock.get("host"),
             )
             # Re-read just before removing, so that a fresh lock taken meanwhile is kept.
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                if self.store.read_json(self.rel).get("owner") == lock.get("owner"):
+            with contextlib.suppress(FileNotFoundError):
+                if (self._read_lock() or {}).get("owner") == lock.get("owner"):
                     self.store.remove(self.rel)
             return self.store.create_exclusive(self.rel, self._content())
         return False

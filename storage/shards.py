@@ -1,8 +1,10 @@
 """Shard formats: documents as Parquet, token chunks as Arrow IPC files.
 
 Document shards have columns ``id`` and ``content``. Token shards have one column ``input_ids``,
-a fixed-size list of ``context_length`` integers, stored as uint16 when the vocabulary fits so
-that a shard is half the size and can be memory-mapped straight into a training batch.
+a fixed-size list of ``context_length`` integers, stored as uint16 when every id the tokenizer
+can emit fits (a shard is then half the size), else uint32; each shard is memory-mapped
+straight into a training batch. Every batch is range-checked before the cast: an id that does
+not fit is an error, never a silent wrap.
 """
 
 from __future__ import annotations
@@ -24,14 +26,23 @@ from storage.stages import (
     read_manifest,
     read_part,
 )
+from storage.store import DamagedObjectError, Store
 
-UINT16_VOCAB_LIMIT = 1 << 16
 SPLITS = ("train", "valid")
+TOKEN_DTYPES = (np.dtype(np.uint16), np.dtype(np.uint32))
 
 
-def token_dtype(vocab_size: int) -> np.dtype:
-    """The smallest unsigned dtype that holds every token id of this vocabulary."""
-    return np.dtype(np.uint16) if vocab_size <= UINT16_VOCAB_LIMIT else np.dtype(np.uint32)
+class TokenRangeError(ValueError):
+    """A token id does not fit the shard's dtype: the tokenizer emits ids it did not declare."""
+
+
+def token_dtype(id_bound: int) -> np.dtype:
+    """The smallest unsigned dtype that holds every id below ``id_bound`` (the largest id the
+    tokenizer can emit, plus one)."""
+    for dtype in TOKEN_DTYPES:
+        if id_bound - 1 <= np.iinfo(dtype).max:
+            return dtype
+    raise TokenRangeError(f"token ids up to {id_bound - 1:,} do not fit in uint32")
 
 
 def shard_name(split: str, index: int, suffix: str) -> str:
@@ -77,28 +88,37 @@ class DocumentShardWriter:
 
 
 def iter_shard_batches(
-    ref: StageRef, name: str, batch_size: int = 256, manifest: Manifest | None = None
+    store: Store, ref: StageRef, name: str, batch_size: int = 256, manifest: Manifest | None = None
 ) -> Iterator[list[str]]:
     """Yield the contents of one document shard in batches, after checking its checksum."""
-    parquet = pq.ParquetFile(io.BytesIO(read_part(ref, name, manifest)))
+    parquet = pq.ParquetFile(io.BytesIO(read_part(store, ref, name, manifest)))
     for batch in parquet.iter_batches(batch_size=batch_size, columns=["content"]):
         yield batch.column("content").to_pylist()
 
 
-def iter_document_batches(ref: StageRef, split: str, batch_size: int = 256) -> Iterator[list[str]]:
+def iter_document_batches(
+    store: Store, ref: StageRef, split: str, batch_size: int = 256
+) -> Iterator[list[str]]:
     """Yield the contents of a split's documents in batches, shard by shard, in order."""
-    manifest = read_manifest(ref)
-    for name in part_names(ref, split, manifest):
-        yield from iter_shard_batches(ref, name, batch_size, manifest)
+    manifest = read_manifest(store, ref)
+    for name in part_names(manifest, split):
+        yield from iter_shard_batches(store, ref, name, batch_size, manifest)
 
 
 class TokenShardWriter:
     """Buffers fixed-length token rows and writes them as Arrow IPC shards."""
 
     def __init__(
-        self, writer: StageWriter, split: str, context_length: int, dtype: np.dtype, rows: int
+        self,
+        writer: StageWriter,
+        split: str,
+        context_length: int,
+        dtype: np.dtype,
+        rows: int,
+        source: str = "the tokenizer",
     ) -> None:
         self.writer = writer
+        self.source = source
         self.split = split
         self.context_length = context_length
         self.dtype = dtype
@@ -108,9 +128,16 @@ class TokenShardWriter:
         self.shard_rows: list[int] = []
 
     def add(self, rows: np.ndarray) -> None:
-        """Add a (n, context_length) array of token ids."""
+        """Add a (n, context_length) array of token ids; ids that do not fit are an error."""
         if rows.size == 0:
             return
+        low, high = int(rows.min()), int(rows.max())
+        if low < 0 or high > np.iinfo(self.dtype).max:
+            raise TokenRangeError(
+                f"{self.source} emitted token id {high if high > 0 else low:,}, which does "
+                f"not fit the {self.dtype} shards sized from its vocabulary; the tokenizer's "
+                "vocabulary does not declare all the ids it emits: fix or retrain it"
+            )
         self.pending.append(rows.astype(self.dtype, copy=False))
         self.pending_rows += len(rows)
         while self.pending_rows >= self.rows_per_shard:
@@ -137,17 +164,24 @@ class TokenShardWriter:
         self.shard_rows.append(len(block))
 
 
-def load_token_shards(ref: StageRef, split: str) -> list[np.ndarray]:
+def load_token_shards(store: Store, ref: StageRef, split: str) -> list[np.ndarray]:
     """Memory-map every token shard of a split as a (rows, context_length) array, in order.
 
     Each shard is checked against its manifest; a remote store's shards are cached locally.
     """
-    manifest = read_manifest(ref)
+    manifest = read_manifest(store, ref)
     arrays = []
-    for name in part_names(ref, split, manifest):
-        path = part_file(ref, name, manifest)
+    for name in part_names(manifest, split):
+        path = part_file(store, ref, name, manifest)
         table = ipc.open_file(pa.memory_map(str(path), "r")).read_all()
         column = table.column("input_ids").combine_chunks()
+        if not pa.types.is_fixed_size_list(column.type) or column.type.value_type not in (
+            pa.uint16(),
+            pa.uint32(),
+        ):
+            raise DamagedObjectError(
+                f"{store.uri(ref.prefix)}/{name} holds {column.type}, not token rows"
+            )
         values = column.values.to_numpy(zero_copy_only=True)
         arrays.append(values.reshape(len(column), column.type.list_size))
     return arrays

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,10 +21,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from storage.lock import StageLock
-from storage.store import Store, StoreError, cache_root
+from storage.store import (
+    DamagedObjectError,
+    Store,
+    StoreError,
+    cache_root,
+    make_private_dir,
+    open_regular,
+)
 
 MANIFEST_NAME = "_manifest.json"
 # Progress records of a stage that resumes part-wise; each commits the parts written before it.
@@ -33,19 +39,23 @@ PROGRESS_DIR = "_progress"
 # Training checkpoints: the train stage keeps and validates these itself.
 CHECKPOINTS_DIR = "_checkpoints"
 LOCK_NAME = "_lock.json"
-# Prefect's cached task result for this output, written after the manifest.
-RESULT_RECORD = "_prefect_result"
 KEY_LENGTH = 20
+# A stage is a folder name, or two (``models/codeparrot-ds``); a key is a hex content hash.
+STAGE_PATTERN = r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)?$"
+KEY_PATTERN = rf"^[0-9a-f]{{{KEY_LENGTH}}}$"
 
 Log = logging.Logger | logging.LoggerAdapter
 
 
 class StageRef(BaseModel):
-    """What passes between tasks: where a committed stage output lives and a few counts."""
+    """What passes between tasks: which committed output, relative to the store, and counts.
 
-    stage: str
-    key: str
-    store_url: str
+    It names no store, so a store that is copied, moved or synced elsewhere still works: the
+    reader pairs the reference with the store it was given.
+    """
+
+    stage: str = Field(pattern=STAGE_PATTERN)
+    key: str = Field(pattern=KEY_PATTERN)
     counts: dict[str, Any] = {}
 
     @property
@@ -53,34 +63,46 @@ class StageRef(BaseModel):
         """The output's folder, relative to the store root."""
         return f"{self.stage}/{self.key}"
 
-    @property
-    def uri(self) -> str:
-        """The output's folder as a full URL."""
-        return f"{self.store_url}/{self.prefix}"
 
-    def store(self) -> Store:
-        """The store that holds this output."""
-        return Store(self.store_url)
+def check_part_name(name: str) -> str:
+    """A part name is a relative path that stays inside its output folder."""
+    pieces = name.split("/")
+    if (
+        not name
+        or "\\" in name
+        or "\0" in name
+        or name.startswith("/")
+        or any(p in ("", ".", "..") for p in pieces)
+    ):
+        raise ValueError(f"part name {name!r} is not a relative path inside the output")
+    return name
 
 
 class PartInfo(BaseModel):
     """Size and checksum of one object in a stage output."""
 
-    size: int
-    sha256: str
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
 class Manifest(BaseModel):
     """The record that commits a stage output: what it was built from and what it holds."""
 
-    stage: str
-    key: str
+    stage: str = Field(pattern=STAGE_PATTERN)
+    key: str = Field(pattern=KEY_PATTERN)
     code_version: str
     params: dict[str, Any]
     inputs: dict[str, str]
     parts: dict[str, PartInfo]
     counts: dict[str, Any]
     created_at: str
+
+    @field_validator("parts")
+    @classmethod
+    def _parts_stay_inside(cls, parts: dict[str, PartInfo]) -> dict[str, PartInfo]:
+        for name in parts:
+            check_part_name(name)
+        return parts
 
 
 def code_version(modules: Iterable[ModuleType], *extra: str) -> str:
@@ -98,6 +120,10 @@ def code_version(modules: Iterable[ModuleType], *extra: str) -> str:
 
 class CorruptPartError(StoreError):
     """A committed part's bytes differ from what its manifest recorded."""
+
+
+class DamagedManifestError(StoreError):
+    """A manifest that is not valid JSON or not a valid manifest: the output is not trusted."""
 
 
 def stage_key(stage: str, params: dict[str, Any], inputs: dict[str, str], version: str) -> str:
@@ -151,7 +177,7 @@ class StageSpec:
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a local file, read in blocks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -217,14 +243,22 @@ class StageWriter:
         """
         present = self.store.list_sizes(self.prefix)  # one listing, not a request per part
         while (name := _progress_name(self._records)) in present:
-            record = self.store.read_json(f"{self.prefix}/{name}")
-            parts = {n: PartInfo.model_validate(i) for n, i in record["parts"].items()}
+            try:
+                record = self.store.read_json(f"{self.prefix}/{name}")
+                parts = {
+                    check_part_name(n): PartInfo.model_validate(i)
+                    for n, i in record["parts"].items()
+                }
+                state = record["state"]
+            except (DamagedObjectError, ValueError, KeyError, TypeError, AttributeError) as err:
+                log.warning("%s: progress record %s is damaged (%s); not trusted", self, name, err)
+                break
             if any(present.get(n) != p.size for n, p in parts.items()):
                 log.warning("%s: progress record %s lists a missing part; not trusted", self, name)
                 break
             self.parts.update(parts)
             self._recorded.update(parts)
-            self.resumed_states.append(record["state"])
+            self.resumed_states.append(state)
             self._records += 1
         keep = set(self.parts) | {_progress_name(i) for i in range(self._records)} | {LOCK_NAME}
         for rel in present:
@@ -242,19 +276,64 @@ class StageWriter:
         return self.store.uri(self.prefix)
 
 
+def _first_problem(err: Exception) -> str:
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"[:300]
+    return str(err).splitlines()[0][:300]
+
+
 def load_manifest(store: Store, stage: str, key: str) -> Manifest | None:
-    """The committed manifest of a stage output, or None if it was never committed."""
+    """The committed manifest of a stage output, or None if it was never committed.
+
+    A manifest that cannot be read as one is a ``DamagedManifestError`` naming it.
+    """
     rel = f"{stage}/{key}/{MANIFEST_NAME}"
     try:
-        data = store.read_json(rel)
+        manifest = Manifest.model_validate(store.read_json(rel))
     except FileNotFoundError:
         return None
+    except (DamagedObjectError, ValueError) as err:
+        raise DamagedManifestError(
+            f"{store.uri(rel)} is damaged ({_first_problem(err)}); run `codeparrot-ds "
+            f"verify --repair --store {store.url}`, or delete {store.uri(f'{stage}/{key}')}, "
+            "and rerun to recompute it"
+        ) from None
+    if (manifest.stage, manifest.key) != (stage, key):
+        raise DamagedManifestError(
+            f"{store.uri(rel)} commits {manifest.stage}/{manifest.key}, not {stage}/{key}: "
+            "it was copied from another output; delete that folder and rerun"
+        )
+    return manifest
+
+
+def damaged_parts(store: Store, prefix: str, manifest: Manifest) -> list[str]:
+    """The parts of a committed output that are missing or of the wrong size (one listing)."""
+    present = store.list_sizes(prefix)
+    return sorted(n for n, info in manifest.parts.items() if present.get(n) != info.size)
+
+
+def _found_manifest(store: Store, spec: StageSpec, log: Log) -> Manifest | None:
+    """The committed manifest of ``spec``; a damaged output is uncommitted so it is rebuilt.
+
+    Rebuilding is safe: the key fixes what the output holds, and nothing downstream can use
+    parts that no longer match their manifest.
+    """
     try:
-        return Manifest.model_validate(data)
-    except ValueError as err:
-        raise StoreError(
-            f"{store.uri(rel)} is not a valid manifest ({err}); delete that folder to recompute it"
-        ) from err
+        manifest = load_manifest(store, spec.stage, spec.key)
+        damage = damaged_parts(store, spec.prefix, manifest) if manifest else []
+    except DamagedManifestError as err:
+        damage = [f"{MANIFEST_NAME}: {err}"]
+    if not damage:
+        return manifest
+    log.warning(
+        "%s: the committed output %s is damaged (missing or resized: %s); rebuilding it",
+        spec.stage,
+        store.uri(spec.prefix),
+        ", ".join(damage[:5]),
+    )
+    store.remove(f"{spec.prefix}/{MANIFEST_NAME}")
+    return None
 
 
 def run_stage(
@@ -270,7 +349,7 @@ def run_stage(
     the same output at once take turns through a lock in the output's folder: the second finds
     the first's manifest when the lock is free.
     """
-    manifest = load_manifest(store, spec.stage, spec.key)
+    manifest = _found_manifest(store, spec, log)
     if manifest is None:
         lock = StageLock(store, f"{spec.prefix}/{LOCK_NAME}", log)
         committed = lambda: load_manifest(store, spec.stage, spec.key)  # noqa: E731
@@ -278,14 +357,12 @@ def run_stage(
             manifest = committed() or _build(store, spec, build, log)
     else:
         log.info("%s: found committed output %s; nothing to do", spec.stage, spec.prefix)
-    return committed_ref(store, spec, manifest)
+    return committed_ref(spec, manifest)
 
 
-def committed_ref(store: Store, spec: StageSpec, manifest: Manifest) -> StageRef:
+def committed_ref(spec: StageSpec, manifest: Manifest) -> StageRef:
     """The reference to the output of ``spec`` that ``manifest`` commits."""
-    return StageRef(
-        stage=spec.stage, key=spec.key, store_url=store.url, counts=dict(manifest.counts)
-    )
+    return StageRef(stage=spec.stage, key=spec.key, counts=dict(manifest.counts))
 
 
 def _build(store: Store, spec: StageSpec, build: Callable, log: Log) -> Manifest:
@@ -309,96 +386,102 @@ def _build(store: Store, spec: StageSpec, build: Callable, log: Log) -> Manifest
     return manifest
 
 
-def read_manifest(ref: StageRef) -> Manifest:
+def read_manifest(store: Store, ref: StageRef) -> Manifest:
     """The manifest of a committed output that a reference points at."""
-    manifest = load_manifest(ref.store(), ref.stage, ref.key)
+    manifest = load_manifest(store, ref.stage, ref.key)
     if manifest is None:
-        raise StoreError(f"{ref.uri} has no committed manifest; rerun the pipeline to rebuild it")
+        raise StoreError(
+            f"{store.uri(ref.prefix)} has no committed manifest; rerun the pipeline to rebuild it"
+        )
     return manifest
 
 
-def part_names(ref: StageRef, folder: str, manifest: Manifest | None = None) -> list[str]:
+def part_names(manifest: Manifest, folder: str) -> list[str]:
     """The committed parts below a folder of an output, sorted."""
-    manifest = manifest or read_manifest(ref)
     return sorted(n for n in manifest.parts if n.startswith(f"{folder}/"))
 
 
-def _expected(ref: StageRef, name: str, manifest: Manifest | None) -> PartInfo:
-    manifest = manifest or read_manifest(ref)
+def _expected(store: Store, ref: StageRef, name: str, manifest: Manifest | None) -> PartInfo:
+    manifest = manifest or read_manifest(store, ref)
     if name not in manifest.parts:
-        raise StoreError(f"{ref.uri} has no part {name!r}")
+        raise StoreError(f"{store.uri(ref.prefix)} has no part {name!r}")
     return manifest.parts[name]
 
 
-def _corrupt(ref: StageRef, name: str, expected: PartInfo, size: int, digest: str):
+def _corrupt(store: Store, ref: StageRef, name: str, expected: PartInfo, size: int, digest: str):
+    where = store.uri(ref.prefix)
     return CorruptPartError(
-        f"{ref.uri}/{name} is corrupt: {size} bytes with sha256 {digest[:16]}..., but its "
+        f"{where}/{name} is corrupt: {size} bytes with sha256 {digest[:16]}..., but its "
         f"manifest committed {expected.size} bytes with sha256 {expected.sha256[:16]}.... "
-        f"It changed after it was written; delete {ref.uri} and rerun to recompute that stage"
+        f"It changed after it was written; run `codeparrot-ds verify --repair --store "
+        f"{store.url}` (or delete {where}) and rerun to recompute that stage"
     )
 
 
-def read_part(ref: StageRef, name: str, manifest: Manifest | None = None) -> bytes:
+def read_part(store: Store, ref: StageRef, name: str, manifest: Manifest | None = None) -> bytes:
     """A committed part's bytes, checked against its manifest."""
-    expected = _expected(ref, name, manifest)
-    data = ref.store().read_bytes(f"{ref.prefix}/{name}")
+    expected = _expected(store, ref, name, manifest)
+    data = store.read_bytes(f"{ref.prefix}/{name}")
     digest = hashlib.sha256(data).hexdigest()
     if digest != expected.sha256:
-        raise _corrupt(ref, name, expected, len(data), digest)
+        raise _corrupt(store, ref, name, expected, len(data), digest)
     return data
 
 
-def part_file(ref: StageRef, name: str, manifest: Manifest | None = None) -> Path:
+def part_file(store: Store, ref: StageRef, name: str, manifest: Manifest | None = None) -> Path:
     """A local file holding a committed part, checked against its manifest.
 
     On a local store that is the stored file itself; a remote part is downloaded into a cache
     named by its sha256, so a cached copy is complete and right by construction.
     """
-    expected = _expected(ref, name, manifest)
-    store = ref.store()
+    expected = _expected(store, ref, name, manifest)
     local = store.local_file(f"{ref.prefix}/{name}")
     if local is not None:
         if not local.is_file():
-            raise StoreError(f"{ref.uri}/{name} is missing; delete {ref.uri} and rerun")
+            raise StoreError(
+                f"{local} is missing or not a regular file; delete "
+                f"{store.uri(ref.prefix)} and rerun"
+            )
         digest = sha256_file(local)
         if digest != expected.sha256:
-            raise _corrupt(ref, name, expected, local.stat().st_size, digest)
+            raise _corrupt(store, ref, name, expected, local.stat().st_size, digest)
         return local
     blob = cache_root() / "blobs" / expected.sha256[:2] / expected.sha256
     if not blob.is_file():
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=blob.parent, prefix=".tmp-")
-        os.close(fd)
+        staging = make_private_dir(blob.parent, ".tmp-")
         try:
+            tmp = staging / "part"
             store.get_file(f"{ref.prefix}/{name}", tmp)
             digest = sha256_file(tmp)
             if digest != expected.sha256:
-                raise _corrupt(ref, name, expected, os.path.getsize(tmp), digest)
+                raise _corrupt(store, ref, name, expected, os.path.getsize(tmp), digest)
             os.replace(tmp, blob)
         finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+            shutil.rmtree(staging, ignore_errors=True)
     return blob
 
 
-def part_folder(ref: StageRef, folder: str) -> Path:
+def part_folder(store: Store, ref: StageRef, folder: str) -> Path:
     """A local folder holding every committed part below ``folder``, each one checked.
 
     ``folder`` may be ``""`` for the whole output.
     """
-    manifest = read_manifest(ref)
+    manifest = read_manifest(store, ref)
     names = sorted(n for n in manifest.parts if not folder or n.startswith(f"{folder}/"))
     if not names:
-        raise StoreError(f"{ref.uri} has no parts under {folder!r}")
-    files = {n[len(folder) + 1 :] if folder else n: part_file(ref, n, manifest) for n in names}
-    store = ref.store()
+        raise StoreError(f"{store.uri(ref.prefix)} has no parts under {folder!r}")
+    files = {
+        n[len(folder) + 1 :] if folder else n: part_file(store, ref, n, manifest) for n in names
+    }
     if store.is_local:
         return Path(store.local_file(f"{ref.prefix}/{folder}" if folder else ref.prefix))
-    digest = hashlib.sha256(f"{ref.uri}/{folder}".encode()).hexdigest()[:24]
-    target = cache_root() / "folders" / digest
+    # Named by the parts' checksums: the same content is one folder, whatever store it is in.
+    identity = json.dumps(
+        {rel: manifest.parts[n].sha256 for rel, n in zip(files, names, strict=True)}
+    )
+    target = cache_root() / "folders" / hashlib.sha256(identity.encode()).hexdigest()[:24]
     if not target.is_dir():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+        staging = make_private_dir(target.parent, ".tmp-")
         for rel, blob in files.items():
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             try:

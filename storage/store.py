@@ -10,11 +10,14 @@ environment of the process that opens the store (see ``s3_options``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator
+import shutil
+import stat
+import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,6 +44,31 @@ class StoreError(RuntimeError):
 
 class StoreUnavailableError(ConnectionError):
     """The store could not be reached; transient, so tasks retry it with backoff."""
+
+
+class DamagedObjectError(StoreError):
+    """A stored object is not what it should be (not JSON, not a regular file, out of range)."""
+
+
+class StoreFullError(StoreError):
+    """The disk under the store (or the local cache) is full or read-only: never transient."""
+
+
+# errno values that retrying cannot fix: the disk must be freed or made writable first.
+NOT_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+# Free space kept in reserve beyond an object's own size before a local write starts.
+FREE_SPACE_MARGIN = 1 << 20
+
+# S3 credentials resolved by the orchestration layer (a Prefect block), for this process only.
+_s3_credentials: dict[str, Any] | None = None
+
+
+def set_s3_credentials(credentials: dict[str, Any] | None) -> None:
+    """Use these s3fs credential arguments (key, secret, token) for every S3 store opened in
+    this process; None goes back to the AWS chain. Flows call this; storage imports no Prefect.
+    """
+    global _s3_credentials
+    _s3_credentials = dict(credentials) if credentials else None
 
 
 def default_store_url() -> str:
@@ -77,7 +105,7 @@ def normalize_store_url(url: str) -> str:
 def s3_options() -> dict[str, Any]:
     """s3fs arguments from the environment: endpoint, region, addressing style, credentials.
 
-    Without a credentials block, botocore's own chain finds the credentials.
+    Credentials given to ``set_s3_credentials`` win; otherwise botocore's own chain finds them.
     """
     style = os.environ.get(S3_ADDRESSING_ENV, "auto")
     if style not in ADDRESSING_STYLES:
@@ -105,10 +133,8 @@ def s3_options() -> dict[str, Any]:
         options["endpoint_url"] = endpoint
     if region := os.environ.get(S3_REGION_ENV):
         options["client_kwargs"]["region_name"] = region
-    if block_name := os.environ.get(S3_CREDENTIALS_BLOCK_ENV):
-        from storage.credentials import load_s3_credentials
-
-        options.update(load_s3_credentials(block_name))
+    if _s3_credentials:
+        options.update(_s3_credentials)
     return options
 
 
@@ -126,6 +152,97 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def free_bytes(folder: str | Path) -> int | None:
+    """Free bytes on the file system of ``folder`` (or its nearest existing parent)."""
+    path = Path(folder)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return None
+    return info.f_bavail * info.f_frsize
+
+
+def disk_full_error(where: str | Path, needed: int | None, err: OSError | None = None):
+    """The one-line error for a full or read-only disk: the path and the space it needs."""
+    if err is not None and err.errno == errno.EROFS:
+        return StoreFullError(f"{where} is on a read-only file system; make it writable")
+    free = free_bytes(Path(str(where)).parent)
+    need = f"{needed:,} bytes" if needed is not None else "more space"
+    have = f"{free:,} bytes are free" if free is not None else "free space unknown"
+    return StoreFullError(
+        f"no space left to write {where}: it needs {need} ({have}); free space on that disk "
+        "or point the store (or $CODEPARROT_CACHE_DIR) at a larger one"
+    )
+
+
+def check_free_space(target: Path, size: int) -> None:
+    """Refuse a local write that cannot fit, before it starts and leaves a partial file."""
+    free = free_bytes(target.parent)
+    if free is not None and free < size + FREE_SPACE_MARGIN:
+        raise disk_full_error(target, size + FREE_SPACE_MARGIN)
+
+
+def open_regular(path: str | Path):
+    """Open a local file for reading only if it is a regular file.
+
+    A FIFO or device opened for reading blocks or never ends; O_NONBLOCK lets the check run
+    before any read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DamagedObjectError(f"{path} is not a regular file; remove it")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def write_file_atomically(target: Path, blocks: Iterable[bytes], size: int | None) -> None:
+    """Write a local file so that readers see either nothing or all of it.
+
+    The temporary file is created with mode 0666 so the process umask decides who may read
+    the result, as for any file the user writes; on any failure it is removed.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if size is not None:
+        check_free_space(target, size)
+    tmp = target.parent / f".tmp-{uuid.uuid4().hex}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            for block in blocks:
+                f.write(block)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno in NOT_TRANSIENT_ERRNOS:
+            raise disk_full_error(target, size, err) from None
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def make_private_dir(parent: Path, prefix: str) -> Path:
+    """A new, uniquely named folder under ``parent`` (created with the process umask)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = parent / f"{prefix}{uuid.uuid4().hex}"
+    folder.mkdir()
+    return folder
+
+
+def _file_blocks(path: str | Path) -> Iterator[bytes]:
+    with open_regular(path) as f:
+        while block := f.read(1 << 22):
+            yield block
+
+
 class Store:
     """An object store rooted at a URL; every method takes a path relative to that root."""
 
@@ -141,7 +258,7 @@ class Store:
         return f"Store({self.url!r})"
 
     def uri(self, rel: str) -> str:
-        """The full URL of an object, for references, logs and model cards."""
+        """The full URL of an object, for logs and messages."""
         return f"{self.url}/{rel}" if rel else self.url
 
     def _path(self, rel: str) -> str:
@@ -160,12 +277,21 @@ class Store:
                 "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or "
                 f"{S3_CREDENTIALS_BLOCK_ENV}) and that they may read and write this bucket"
             ) from None
+        except OSError as err:
+            if err.errno in NOT_TRANSIENT_ERRNOS:
+                raise disk_full_error(self.uri(rel), None, err) from None
+            if isinstance(err, _transient_errors()):
+                raise self._unavailable(rel, err) from err
+            raise
         except _transient_errors() as err:
-            where = os.environ.get(S3_ENDPOINT_ENV, "the S3 endpoint")
-            raise StoreUnavailableError(
-                f"cannot reach the store at {where} for {self.uri(rel)} ({err}); "
-                "check that the server is up and the endpoint is right"
-            ) from err
+            raise self._unavailable(rel, err) from err
+
+    def _unavailable(self, rel: str, err: BaseException) -> StoreUnavailableError:
+        where = os.environ.get(S3_ENDPOINT_ENV, "the S3 endpoint")
+        return StoreUnavailableError(
+            f"cannot reach the store at {where} for {self.uri(rel)} ({err}); "
+            "check that the server is up and the endpoint is right"
+        )
 
     def check_access(self) -> None:
         """Fail early, with advice, if the store cannot be listed and written."""
@@ -202,16 +328,25 @@ class Store:
         return sorted(self.list_sizes(rel))
 
     def read_bytes(self, rel: str) -> bytes:
-        """Read a whole object."""
+        """Read a whole object (on a local store, only a regular file)."""
         with self._errors(rel):
             try:
+                if self.is_local:
+                    with open_regular(self._path(rel)) as f:
+                        return f.read()
                 return self.fs.cat_file(self._path(rel))
             except FileNotFoundError:
                 raise FileNotFoundError(f"{self.uri(rel)} does not exist") from None
+            except IsADirectoryError:
+                raise DamagedObjectError(f"{self.uri(rel)} is a folder, not a file") from None
 
     def read_json(self, rel: str) -> Any:
-        """Read a JSON object."""
-        return json.loads(self.read_bytes(rel))
+        """Read a JSON object; bytes that are not JSON are a ``DamagedObjectError``."""
+        data = self.read_bytes(rel)
+        try:
+            return json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DamagedObjectError(f"{self.uri(rel)} is not valid JSON ({err})") from None
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write a whole object so that readers see either nothing or all of it.
@@ -220,15 +355,7 @@ class Store:
         """
         with self._errors(rel):
             if self.is_local:
-                target = Path(self._path(rel))
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with tempfile.NamedTemporaryFile(
-                    dir=target.parent, prefix=".tmp-", delete=False
-                ) as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(f.name, target)
+                write_file_atomically(Path(self._path(rel)), [data], len(data))
             else:
                 self.fs.pipe_file(self._path(rel), data)
 
@@ -246,7 +373,7 @@ class Store:
                 target = Path(self._path(rel))
                 target.parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
                 except FileExistsError:
                     return False
                 with os.fdopen(fd, "wb") as f:
@@ -264,19 +391,8 @@ class Store:
         """Upload one local file (atomically on a local store)."""
         with self._errors(rel):
             if self.is_local:
-                target = Path(self._path(rel))
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with (
-                    tempfile.NamedTemporaryFile(
-                        dir=target.parent, prefix=".tmp-", delete=False
-                    ) as tmp,
-                    open(local_path, "rb") as src,
-                ):
-                    while block := src.read(1 << 22):
-                        tmp.write(block)
-                    tmp.flush()
-                    os.fsync(tmp.fileno())
-                os.replace(tmp.name, target)
+                size = os.path.getsize(local_path)
+                write_file_atomically(Path(self._path(rel)), _file_blocks(local_path), size)
             else:
                 self.fs.put_file(str(local_path), self._path(rel))
 
@@ -303,23 +419,32 @@ class Store:
 def fetch_folder(url: str) -> Path:
     """A local copy of a folder at any URL, for a model or tokenizer from outside the store.
 
-    Stage outputs are read through ``storage.stages.part_folder`` instead, which checks them.
+    Remote copies are cached under a name made of the URL and the listing (names, sizes,
+    ETags), so a folder changed in place is fetched again. Stage outputs are read through
+    ``storage.stages.part_folder`` instead, which checks them.
     """
     store = Store(url)
     if store.is_local:
         return Path(store.root)
-    target = cache_root() / "external" / hashlib.sha256(store.url.encode()).hexdigest()[:24]
+    with store._errors(""):
+        listing = store.fs.find(store.root, detail=True)
+    if not listing:
+        raise FileNotFoundError(f"{store.url} holds no file")
+    identity = json.dumps(
+        [store.url]
+        + [[p, info.get("size"), str(info.get("ETag", ""))] for p, info in sorted(listing.items())]
+    )
+    target = cache_root() / "external" / hashlib.sha256(identity.encode()).hexdigest()[:24]
     if not target.is_dir():
-        staging = Path(tempfile.mkdtemp(dir=_ensure(target.parent), prefix=".tmp-"))
-        with store._errors(""):
-            store.fs.get(store.root + "/", str(staging) + "/", recursive=True)
-        staging.rename(target)
+        staging = make_private_dir(target.parent, ".tmp-")
+        try:
+            with store._errors(""):
+                store.fs.get(store.root + "/", str(staging) + "/", recursive=True)
+            with contextlib.suppress(OSError):  # another process finished the same copy first
+                staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def _ensure(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def cache_root() -> Path:

@@ -1,18 +1,34 @@
-"""What every stage's Prefect wrapper shares: its logger, retry rule and result caching."""
+"""What every stage shares: its one declaration, its logger, its retry rule, the run's store.
+
+The store's manifests are the only cache: a stage finds its committed output by its key, so
+Prefect caches nothing and no Prefect result record (a pickle) is ever written or read.
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.exceptions import MissingContextError
+from pydantic import BaseModel
 
-from storage.results import RESULT_STORAGE_REF, stage_cache_key
-from storage.stages import StageSpec
+from storage.stages import StageRef, StageSpec, StageWriter, code_version, run_stage
+from storage.store import (
+    NOT_TRANSIENT_ERRNOS,
+    Store,
+    StoreError,
+    default_store_url,
+    normalize_store_url,
+)
+from tasks.credentials import use_credentials_block
 
 # Seconds between a stage's attempts after an I/O fault; one retry per entry. The default rides
 # out a store that is down for a few minutes; tests set it short.
@@ -26,9 +42,12 @@ def retry_delays() -> list[float]:
     try:
         delays = [float(d) for d in text.split(",") if d.strip()]
     except ValueError:
+        delays = [-1.0]
+    if any(not 0 <= d <= 3600 for d in delays):
         raise ValueError(
-            f"{RETRY_DELAYS_ENV}={text!r} is invalid; give comma-separated seconds like 5,30,120"
-        ) from None
+            f"{RETRY_DELAYS_ENV}={text!r} is invalid; give comma-separated seconds (0 to 3600) "
+            "like 5,30,120"
+        )
     return delays
 
 
@@ -40,46 +59,106 @@ def stage_logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("codeparrot_ds")
 
 
-def retry_on_io_error(task, task_run, state) -> bool:
-    """Retry condition: only transient I/O errors (storage, network) are retried.
-
-    Refused access and missing objects are not transient: retrying them only delays the error.
-    """
-    try:
-        state.result()
-    except (PermissionError, FileNotFoundError):
+def is_transient(error: BaseException) -> bool:
+    """Whether retrying can help: I/O faults yes; refusals, missing objects, damage, a full or
+    read-only disk and user errors no."""
+    if isinstance(error, PermissionError | FileNotFoundError | StoreError):
         return False
-    except OSError:
-        return True
-    except Exception:
-        return False
+    if isinstance(error, OSError):
+        return error.errno not in NOT_TRANSIENT_ERRNOS | {errno.ENAMETOOLONG}
     return False
 
 
-def stage_task(
-    name: str, spec_of: Callable[..., StageSpec] | None, retries: bool = True
-) -> Callable[[Callable[..., Any]], Any]:
-    """Make a stage function a Prefect task with the store as its result cache.
+def retry_on_io_error(task, task_run, state) -> bool:
+    """Prefect retry condition: retry only transient I/O errors (storage, network)."""
+    try:
+        state.result()
+    except Exception as err:  # noqa: BLE001 - classified, not handled
+        return is_transient(err)
+    return False
 
-    ``spec_of`` maps the task's parameters to its stage spec; its result record then lives in
-    the output's folder. Without one (the corpus snapshot, which must look at the source every
-    time) the task is never cached by Prefect. ``retries`` retries I/O faults with backoff.
+
+def open_run_store(store_url: str | None) -> str:
+    """Check that a run can use its store; return the store's URL.
+
+    None means this process's default store, so a worker's environment can choose it. S3
+    credentials from a Prefect block are loaded here, once per process.
     """
-    options: dict[str, Any] = {"name": name}
-    if spec_of is None:
-        options["cache_policy"] = NONE
-    else:
-        options.update(
-            cache_key_fn=stage_cache_key(spec_of),
-            result_storage=RESULT_STORAGE_REF,
-            persist_result=True,
-        )
-    if retries:
-        delays = retry_delays()
-        options.update(
-            retries=len(delays),
-            retry_delay_seconds=delays,
-            retry_jitter_factor=0.2,
-            retry_condition_fn=retry_on_io_error,
-        )
-    return task(**options)
+    url = normalize_store_url(store_url or default_store_url())
+    if not url.startswith("file://"):
+        use_credentials_block()
+    Store(url).check_access()
+    return url
+
+
+def _kebab(name: str) -> str:
+    return re.sub(r"_+", "-", name).strip("-")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline, declared once.
+
+    Its ``name`` is its folder in the store and its config section; its key hashes its
+    parameters, the keys of its ``inputs`` and the source of its ``code`` modules; its Prefect
+    task is named after the function the ``task`` decorator wraps.
+    """
+
+    name: str
+    """Folder in the store (``{store}/{name}/{key}/``) and config section."""
+    inputs: tuple[str, ...]
+    """Names of the outputs it reads (each a reference to another stage's output)."""
+    code: tuple[ModuleType, ...]
+    """Modules whose source decides what it computes (Prefect would hash only the task)."""
+    libraries: tuple[str, ...] = ()
+    """Versions of libraries whose behaviour decides what it computes."""
+    sections: tuple[str, ...] | None = None
+    """Config sections it takes, when not just its name (training takes model and train)."""
+
+    @property
+    def config_sections(self) -> tuple[str, ...]:
+        """The sections of the pipeline config this stage takes."""
+        return self.sections or (self.name,)
+
+    def spec(
+        self,
+        params: BaseModel | dict[str, Any],
+        inputs: dict[str, StageRef],
+        folder: str | None = None,
+    ) -> StageSpec:
+        """Where this stage's output for these parameters and inputs lives."""
+        unknown = set(inputs) - set(self.inputs)
+        if unknown:
+            raise ValueError(f"stage {self.name} reads no input named {sorted(unknown)}")
+        version = code_version(self.code, *self.libraries)
+        return StageSpec.of(folder or self.name, params, inputs, version)
+
+    def run(
+        self,
+        store_url: str,
+        spec: StageSpec,
+        build: Callable[[StageWriter], dict[str, Any]],
+        log: logging.Logger | logging.LoggerAdapter,
+    ) -> StageRef:
+        """Find the committed output of ``spec``, or build and commit it."""
+        ref = run_stage(Store(store_url), spec, build, log)
+        log.info("%s: %s", self.name, ref.counts)
+        return ref
+
+    def task(self, fn: Callable[..., Any] | None = None, *, retries: bool = True) -> Any:
+        """Make ``fn`` this stage's Prefect task: never cached by Prefect (the store is the
+        cache), I/O faults retried with backoff."""
+
+        def wrap(fn: Callable[..., Any]) -> Any:
+            options: dict[str, Any] = {"name": _kebab(fn.__name__), "cache_policy": NONE}
+            if retries:
+                delays = retry_delays()
+                options.update(
+                    retries=len(delays),
+                    retry_delay_seconds=delays,
+                    retry_jitter_factor=0.2,
+                    retry_condition_fn=retry_on_io_error,
+                )
+            return task(**options)(fn)
+
+        return wrap(fn) if fn is not None else wrap

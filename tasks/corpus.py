@@ -18,11 +18,12 @@ import itertools
 import json
 import os
 import site
+import stat
 import sys
 import sysconfig
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
 
@@ -32,17 +33,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from storage.stages import (
-    StageRef,
-    StageSpec,
-    StageWriter,
-    code_version,
-    read_manifest,
-    read_part,
-    run_stage,
-)
-from storage.store import Store
-from tasks.common import stage_logger, stage_task
+from storage.stages import StageRef, StageWriter, read_manifest, read_part
+from storage.store import DamagedObjectError, Store, open_regular
+from tasks.common import Stage, stage_logger
 from tasks.params import StageParams
 
 DEFAULT_HUB_DATASET = "huggingface-course/codeparrot-ds-train"
@@ -73,6 +66,8 @@ class CorpusConfig(StageParams):
     """Stop after reading this many bytes of code; None reads all."""
     max_file_bytes: int = Field(default=1_000_000, ge=1)
     """Skip files larger than this: generated code and embedded data teach nothing."""
+    follow_outside_links: bool = False
+    """Read files that are symbolic links to places outside every root (skipped when off)."""
 
 
 @dataclass(frozen=True)
@@ -96,9 +91,36 @@ def _spread_order(relpath: str) -> str:
     return hashlib.sha256(relpath.encode()).hexdigest()
 
 
-def list_python_files(roots: list[str]) -> pa.Table:
-    """Every ``*.py`` file under the roots, with size and mtime, in a deterministic spread order."""
+def _inside(path: str, real_roots: list[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(real == root or real.startswith(root + os.sep) for root in real_roots)
+
+
+def file_problem(path: str, real_roots: list[str], follow_outside_links: bool) -> str | None:
+    """Why a listed path is not read (``bad_name``, ``outside_link``, ``not_regular``,
+    ``unreadable``), or None for a regular file the corpus may read."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "bad_name"  # not valid UTF-8: cannot be stored, ordered or reported
+    try:
+        if os.path.islink(path) and not follow_outside_links and not _inside(path, real_roots):
+            return "outside_link"
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return "not_regular"  # a FIFO, device or socket would block or never end
+    except OSError:
+        return "unreadable"
+    return None
+
+
+def list_python_files(
+    roots: list[str], follow_outside_links: bool = False
+) -> tuple[pa.Table, Counter]:
+    """Every readable ``*.py`` file under the roots, with size and mtime, in a deterministic
+    spread order; and the count of files left out, by reason (``skipped_*``)."""
     rows: list[tuple[str, str, str, int, int]] = []
+    skipped: Counter = Counter()
+    real_roots = [os.path.realpath(root) for root in roots]
     for root in roots:
         if not os.path.isdir(root):
             raise CorpusError(f"corpus root {root!r} is not a folder; fix corpus.roots")
@@ -108,14 +130,17 @@ def list_python_files(roots: list[str]) -> pa.Table:
                 if not name.endswith(".py"):
                     continue
                 path = os.path.join(folder, name)
+                problem = file_problem(path, real_roots, follow_outside_links)
+                if problem:
+                    skipped[f"skipped_{problem}"] += 1
+                    continue
+                stat_result = os.stat(path)
                 rel = os.path.relpath(path, root)
-                try:
-                    stat = os.stat(path)
-                except OSError:
-                    continue  # vanished or unreadable: the reader counts it as skipped
-                rows.append((_spread_order(rel), root, rel, stat.st_size, stat.st_mtime_ns))
+                rows.append(
+                    (_spread_order(rel), root, rel, stat_result.st_size, stat_result.st_mtime_ns)
+                )
     rows.sort()
-    return pa.table(
+    table = pa.table(
         {
             "root": [r[1] for r in rows],
             "path": [r[2] for r in rows],
@@ -123,6 +148,7 @@ def list_python_files(roots: list[str]) -> pa.Table:
             "mtime_ns": pa.array([r[4] for r in rows], pa.int64()),
         }
     )
+    return table, skipped
 
 
 def list_data_files(patterns: list[str]) -> pa.Table:
@@ -138,6 +164,10 @@ def list_data_files(patterns: list[str]) -> pa.Table:
             url = match.full_name
             if not url.endswith((".jsonl", ".json", ".jsonl.gz", ".parquet")):
                 raise CorpusError(f"{url!r} is neither JSONL nor Parquet; give .jsonl or .parquet")
+            if "file" in match.fs.protocol and file_problem(match.path, [], True):
+                raise CorpusError(
+                    f"corpus.data_files entry {url!r} is not a regular, readable file"
+                )
             try:
                 sizes.append(match.fs.size(match.path))
             except FileNotFoundError as err:
@@ -166,6 +196,8 @@ class Snapshot:
 
     listing: pa.Table | None = None
     hub_source: dict[str, str] | None = None
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Files left out of the listing, by reason (``skipped_*``)."""
 
     @cached_property
     def listing_bytes(self) -> bytes:
@@ -188,7 +220,11 @@ class Snapshot:
             writer.write_json(SOURCE_PART, self.hub_source)
             return {"source": "hub", "revision": self.hub_source["rev"]}
         writer.write_bytes(LISTING_PART, self.listing_bytes)
-        return {"files": self.listing.num_rows, "bytes": int(pc.sum(self.listing["size"]).as_py())}
+        return {
+            "files": self.listing.num_rows,
+            "bytes": int(pc.sum(self.listing["size"]).as_py() or 0),
+            **self.skipped,
+        }
 
 
 def take_snapshot(config: CorpusConfig) -> Snapshot:
@@ -198,16 +234,19 @@ def take_snapshot(config: CorpusConfig) -> Snapshot:
         return Snapshot(
             hub_source={"dataset": config.hub_dataset, "split": config.hub_split, "rev": revision}
         )
+    skipped: dict[str, int] = {}
     if config.source == "python_files":
         roots = config.roots or default_roots()
-        listing = list_python_files(roots)
+        listing, skipped = list_python_files(roots, config.follow_outside_links)
         where = f"no *.py file under {roots}; point corpus.roots at a folder of Python code"
+        if skipped:
+            where = f"{where} (left out: {dict(skipped)})"
     else:
         listing = list_data_files(config.data_files)
         where = f"no data file in {config.data_files}"
     if listing.num_rows == 0:
         raise CorpusError(f"the corpus is empty: {where}")
-    return Snapshot(listing=listing)
+    return Snapshot(listing=listing, skipped=dict(skipped))
 
 
 class ReadStats(Counter):
@@ -226,16 +265,28 @@ def decode_source(data: bytes) -> tuple[str | None, str | None]:
 
 def _iter_python_files(listing: pa.Table, config: CorpusConfig, stats: ReadStats, skip: int):
     columns = (listing[name].to_pylist() for name in ("root", "path", "size"))
+    real_roots = sorted({os.path.realpath(root) for root in listing["root"].to_pylist()})
     for root, rel, size in itertools.islice(zip(*columns, strict=True), skip, None):
         stats["seen"] += 1
         if size > config.max_file_bytes:
             stats["skipped_too_large"] += 1
             continue
-        try:
-            with open(os.path.join(root, rel), "rb") as f:
-                data = f.read()
-        except OSError:
-            stats["skipped_unreadable"] += 1
+        path = os.path.join(root, rel)
+        # Checked again at read time: the file may have been swapped since the listing.
+        problem = file_problem(path, real_roots, config.follow_outside_links)
+        if problem is None:
+            try:
+                with open_regular(path) as f:
+                    data = f.read(config.max_file_bytes + 1)
+            except DamagedObjectError:
+                problem = "not_regular"
+            except OSError:
+                problem = "unreadable"
+        if problem is not None:
+            stats[f"skipped_{problem}"] += 1
+            continue
+        if len(data) > config.max_file_bytes:
+            stats["skipped_too_large"] += 1
             continue
         text, reason = decode_source(data)
         if text is None:
@@ -296,21 +347,23 @@ def _iter_hub(source: dict) -> Iterator[dict]:
     yield from stream
 
 
-def iter_documents(ref: StageRef, stats: ReadStats, skip: int = 0) -> Iterator[Document]:
+def iter_documents(
+    store: Store, ref: StageRef, stats: ReadStats, skip: int = 0
+) -> Iterator[Document]:
     """Stream the documents of a committed corpus snapshot, applying its read limits.
 
     Skipped files are counted in ``stats`` (by reason), never raised. ``skip`` passes over the
     first source entries without reading them, to resume after ``stats["seen"]`` entries; the
     caller then hands in the stats it had at that point.
     """
-    manifest = read_manifest(ref)
+    manifest = read_manifest(store, ref)
     config = CorpusConfig.model_validate(manifest.params["config"])
     if SOURCE_PART in manifest.parts:
-        source = json.loads(read_part(ref, SOURCE_PART, manifest))
+        source = json.loads(read_part(store, ref, SOURCE_PART, manifest))
         records = (("hub", row, rec) for row, rec in enumerate(_iter_hub(source)))
         docs = _iter_records(records, config, stats, skip)
     else:
-        listing = pq.read_table(io.BytesIO(read_part(ref, LISTING_PART, manifest)))
+        listing = pq.read_table(io.BytesIO(read_part(store, ref, LISTING_PART, manifest)))
         if "url" in listing.column_names:
             records = (
                 (url, row, rec)
@@ -336,15 +389,13 @@ def _limit_reached(config: CorpusConfig, stats: ReadStats) -> bool:
     return config.max_bytes is not None and stats["bytes_read"] >= config.max_bytes
 
 
-# Never cached by Prefect: the snapshot must look at the source each time to see changes.
-@stage_task("stream-corpus", None)
+CORPUS = Stage("corpus", inputs=(), code=(sys.modules[__name__],))
+
+
+@CORPUS.task
 def stream_corpus(config: CorpusConfig, store_url: str) -> StageRef:
-    """Snapshot the configured corpus source into the store."""
-    log = stage_logger()
+    """Snapshot the configured corpus source into the store (its key is the snapshot's, so
+    the source is looked at on every run)."""
     snapshot = take_snapshot(config)
     params = {"config": config.model_dump(mode="json"), "fingerprint": snapshot.fingerprint()}
-    version = code_version([sys.modules[__name__]])
-    spec = StageSpec.of("corpus", params, {}, version)
-    ref = run_stage(Store(store_url), spec, snapshot.write, log)
-    log.info("corpus: %s", ref.counts)
-    return ref
+    return CORPUS.run(store_url, CORPUS.spec(params, {}), snapshot.write, stage_logger())

@@ -15,23 +15,16 @@ import tasks.generation
 import tasks.training.data
 import tasks.training.evaluation
 from storage.shards import load_token_shards
-from storage.stages import (
-    StageRef,
-    StageSpec,
-    StageWriter,
-    code_version,
-    read_manifest,
-    run_stage,
-)
+from storage.stages import StageRef, StageWriter, read_manifest
 from storage.store import Store
-from tasks.common import stage_logger, stage_task
+from tasks.common import Stage, stage_logger
 from tasks.generation import complete, load_generator
 from tasks.params import StageParams
 from tasks.tokenizer import load_stage_tokenizer
-from tasks.train import model_folder
 from tasks.training.data import TokenRows, sequential_batches
 from tasks.training.evaluation import evaluate_loss
 from tasks.training.model import build_model
+from tasks.training_run import model_folder
 
 SCATTER_PROMPT = "# create scatter plot with x, y\n"
 DEFAULT_PROMPTS = [
@@ -66,6 +59,7 @@ def generate_completions(model, tokenizer, prompts: list[str], max_new_tokens: i
 
 
 def evaluate_model(
+    store: Store,
     training: StageRef,
     tokens: StageRef,
     tokenizer_ref: StageRef,
@@ -75,9 +69,9 @@ def evaluate_model(
 ) -> dict:
     """Measure validation perplexity of the trained and an untrained model; sample completions."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = GPT2LMHeadModel.from_pretrained(str(model_folder(training))).to(device)
-    tokenizer = load_stage_tokenizer(tokenizer_ref)
-    valid_rows = TokenRows(load_token_shards(tokens, "valid"))
+    model = GPT2LMHeadModel.from_pretrained(str(model_folder(store, training))).to(device)
+    tokenizer = load_stage_tokenizer(store, tokenizer_ref)
+    valid_rows = TokenRows(load_token_shards(store, tokens, "valid"))
 
     def measure(candidate) -> tasks.training.evaluation.EvalResult:
         batches = sequential_batches(valid_rows, config.batch_size, config.max_batches)
@@ -96,7 +90,7 @@ def evaluate_model(
     samples = generate_completions(model, tokenizer, config.prompts, config.max_new_tokens)
     for sample in samples:
         log.info("sample: %r -> %r", sample["prompt"], sample["completion"])
-    training_counts = read_manifest(training).counts
+    training_counts = read_manifest(store, training).counts
     metrics = {
         "valid_loss": trained.loss,
         "perplexity": trained.perplexity,
@@ -112,25 +106,25 @@ def evaluate_model(
     return {**metrics, "samples": samples}
 
 
-def evaluate_spec(
-    training: StageRef, tokens: StageRef, tokenizer: StageRef, config: EvalConfig, **_
-) -> StageSpec:
-    """Where the evaluation of this model on these tokens lives."""
-    inputs = {"training": training, "tokens": tokens, "tokenizer": tokenizer}
-    version = code_version(
-        [sys.modules[__name__], tasks.generation, tasks.training.evaluation, tasks.training.data],
-        torch.__version__,
-        transformers.__version__,
-    )
-    return StageSpec.of("evaluation", config, inputs, version)
+EVALUATE = Stage(
+    "evaluate",
+    inputs=("training", "tokens", "tokenizer"),
+    code=(
+        sys.modules[__name__],
+        tasks.generation,
+        tasks.training.evaluation,
+        tasks.training.data,
+    ),
+    libraries=(torch.__version__, transformers.__version__),
+)
 
 
-@stage_task("evaluate-perplexity", evaluate_spec)
+@EVALUATE.task
 def evaluate_perplexity(
     training: StageRef, tokens: StageRef, tokenizer: StageRef, config: EvalConfig, store_url: str
 ) -> StageRef:
     """Validation perplexity (plain loss) and sample completions of the trained model."""
     log = stage_logger()
-    build = partial(evaluate_model, training, tokens, tokenizer, config, log=log)
-    spec = evaluate_spec(training, tokens, tokenizer, config)
-    return run_stage(Store(store_url), spec, build, log)
+    build = partial(evaluate_model, Store(store_url), training, tokens, tokenizer, config, log=log)
+    inputs = {"training": training, "tokens": tokens, "tokenizer": tokenizer}
+    return EVALUATE.run(store_url, EVALUATE.spec(config, inputs), build, log)

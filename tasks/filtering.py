@@ -17,9 +17,9 @@ from pydantic import Field, field_validator
 import storage.shards
 import tasks.corpus
 from storage.shards import SPLITS, DocumentShardWriter
-from storage.stages import StageRef, StageSpec, StageWriter, code_version, run_stage
+from storage.stages import StageRef, StageWriter
 from storage.store import Store
-from tasks.common import stage_logger, stage_task
+from tasks.common import Stage, stage_logger
 from tasks.corpus import CorpusError, Document, ReadStats, iter_documents
 from tasks.params import StageParams
 
@@ -160,13 +160,12 @@ def _check_counts(counts: dict[str, int], stats: ReadStats, config: FilterConfig
             )
 
 
-def filter_spec(corpus: StageRef, config: FilterConfig, **_) -> StageSpec:
-    """Where the filtered documents of this corpus and config live."""
-    version = code_version([sys.modules[__name__], tasks.corpus, storage.shards])
-    return StageSpec.of("documents", config, {"corpus": corpus}, version)
+FILTER = Stage(
+    "filter", inputs=("corpus",), code=(sys.modules[__name__], tasks.corpus, storage.shards)
+)
 
 
-@stage_task("filter-by-keywords", filter_spec)
+@FILTER.task
 def filter_by_keywords(corpus: StageRef, config: FilterConfig, store_url: str) -> StageRef:
     """Stream the corpus, keep data-science files, deduplicate, split; write Parquet shards."""
     log = stage_logger()
@@ -175,8 +174,7 @@ def filter_by_keywords(corpus: StageRef, config: FilterConfig, store_url: str) -
         log.info("filter: %d files read, %d kept", counts["read"], counts["kept"])
 
     def build(writer: StageWriter) -> dict[str, int]:
-        return filter_documents(partial(iter_documents, corpus), config, writer, report)
+        documents = partial(iter_documents, Store(store_url), corpus)
+        return filter_documents(documents, config, writer, report)
 
-    ref = run_stage(Store(store_url), filter_spec(corpus, config), build, log)
-    log.info("filter: %s", ref.counts)
-    return ref
+    return FILTER.run(store_url, FILTER.spec(config, {"corpus": corpus}), build, log)

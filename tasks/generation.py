@@ -9,9 +9,20 @@ class PromptTooLongError(ValueError):
     """The prompt leaves no room in the model's context for a completion."""
 
 
+class ModelLoadError(ValueError):
+    """A model folder or name could not be loaded as a text-generation model."""
+
+
 def load_generator(model, tokenizer=None):
     """A ``transformers`` text-generation pipeline for a model object or folder."""
-    return pipeline("text-generation", model=model, tokenizer=tokenizer)
+    try:
+        return pipeline("text-generation", model=model, tokenizer=tokenizer)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(
+            f"could not load {model!r} as a text-generation model ({first[:300]}); give the "
+            "folder of a published model"
+        ) from None
 
 
 def complete(generator, prompt: str, max_new_tokens: int, temperature: float = 0.0) -> str:

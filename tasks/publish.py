@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -18,24 +19,18 @@ from pathlib import Path
 
 import torch
 import transformers
+from huggingface_hub import ModelCard, ModelCardData
 from pydantic import Field
 from transformers import GenerationConfig
 
-from storage.stages import (
-    StageRef,
-    StageSpec,
-    StageWriter,
-    code_version,
-    part_folder,
-    read_manifest,
-    run_stage,
-)
-from storage.store import Store
-from tasks.common import stage_logger, stage_task
+from storage.stages import KEY_PATTERN, StageRef, StageWriter, part_folder, read_manifest
+from storage.store import DamagedObjectError, Store, StoreError
+from tasks.common import Stage, stage_logger
 from tasks.generation import complete, load_generator
+from tasks.markdown import code_block, inline_text, table
 from tasks.params import StageParams
 from tasks.tokenizer import tokenizer_folder
-from tasks.train import model_folder
+from tasks.training_run import model_folder
 
 LATEST = "LATEST"
 
@@ -54,57 +49,62 @@ def models_area(name: str) -> str:
     return f"models/{name}"
 
 
-def _table(rows: dict) -> str:
-    lines = ["| | |", "|---|---|"]
-    lines += [f"| {key} | {value} |" for key, value in rows.items()]
-    return "\n".join(lines)
+USAGE = """from transformers import pipeline
+generate = pipeline("text-generation", model="path/to/this/folder")
+print(generate("# create scatter plot with x, y\\n")[0]["generated_text"])"""
 
 
-def model_card(name: str, sources: dict[str, StageRef], metrics: dict, samples: list[dict]) -> str:
-    """A README.md for the published folder: data, training config, metrics, samples, inputs."""
-    training = read_manifest(sources["training"])
-    data_counts = {
-        key: value
+def model_card(
+    store: Store, name: str, sources: dict[str, StageRef], metrics: dict, samples: list[dict]
+) -> ModelCard:
+    """The published folder's README.md: data, training config, metrics, samples, inputs.
+
+    Built with huggingface_hub's ModelCard; every text from a config, a prompt or the model
+    is shown literally (escaped, or inside a fence it cannot close).
+    """
+    training = read_manifest(store, sources["training"])
+    counts = training.counts
+    data_counts = [
+        (key, value)
         for key, value in {**sources["documents"].counts, **sources["tokens"].counts}.items()
         if isinstance(value, int)
-    }
-    shown_metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
-    sample_text = "\n\n".join(f"```python\n{s['prompt']}{s['completion']}\n```" for s in samples)
-    inputs = {stage: f"`{ref.stage}/{ref.key}`" for stage, ref in sources.items()}
-    return f"""---
-library_name: transformers
-pipeline_tag: text-generation
-tags: [gpt2, code, python, data-science, codeparrot-ds]
----
-
-# {name}
+    ]
+    shown_metrics = [(k, round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()]
+    sample_text = "\n\n".join(
+        code_block(f"{s['prompt']}{s['completion']}", "python") for s in samples
+    )
+    inputs = [(stage, f"{ref.stage}/{ref.key}") for stage, ref in sources.items()]
+    training_line = inline_text(
+        f"Training took {counts.get('train_seconds')} s at {counts.get('tokens_per_second')} "
+        f"tokens/s ({counts.get('steps')} optimizer steps, {counts.get('tokens')} tokens, "
+        f"mixed precision: {counts.get('mixed_precision')})."
+    )
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["gpt2", "code", "python", "data-science", "codeparrot-ds"],
+    )
+    body = f"""
+# {inline_text(name)}
 
 A GPT-2 causal language model trained from scratch on Python data-science code
 (pandas, scikit-learn, matplotlib, seaborn) by the CodeParrot-DS pipeline.
 
-```python
-from transformers import pipeline
-generate = pipeline("text-generation", model="path/to/this/folder")
-print(generate("# create scatter plot with x, y\\n")[0]["generated_text"])
-```
+{code_block(USAGE, "python")}
 
 ## Data
 
-{_table(data_counts)}
+{table(data_counts)}
 
 ## Training configuration
 
-```json
-{json.dumps(training.params, indent=2, sort_keys=True)}
-```
+{code_block(json.dumps(training.params, indent=2, sort_keys=True), "json")}
 
-Training took {training.counts["train_seconds"]} s
-at {training.counts["tokens_per_second"]} tokens/s ({training.counts["steps"]} optimizer steps,
-{training.counts["tokens"]:,} tokens, mixed precision: {training.counts["mixed_precision"]}).
+{training_line}
 
 ## Metrics (validation split)
 
-{_table(shown_metrics)}
+{table(shown_metrics)}
 
 Perplexity is exp(total NLL / predicted tokens) with the plain, unweighted loss;
 `course_perplexity` is the course's exp(mean of batch losses).
@@ -115,19 +115,20 @@ Perplexity is exp(total NLL / predicted tokens) with the plain, unweighted loss;
 
 ## Built from
 
-{_table(inputs)}
+{table(inputs)}
 
 Library versions: torch {torch.__version__}, transformers {transformers.__version__},
 Python {platform.python_version()}.
 """
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
 
 def assemble_model_folder(
-    folder: Path, name: str, sources: dict[str, StageRef], config: PublishConfig
+    store: Store, folder: Path, name: str, sources: dict[str, StageRef], config: PublishConfig
 ) -> None:
     """Lay out weights, config, tokenizer, generation config and model card in a local folder."""
-    shutil.copytree(model_folder(sources["training"]), folder, dirs_exist_ok=True)
-    shutil.copytree(tokenizer_folder(sources["tokenizer"]), folder, dirs_exist_ok=True)
+    shutil.copytree(model_folder(store, sources["training"]), folder, dirs_exist_ok=True)
+    shutil.copytree(tokenizer_folder(store, sources["tokenizer"]), folder, dirs_exist_ok=True)
     model_config = json.loads((folder / "config.json").read_text())
     GenerationConfig(
         max_new_tokens=config.max_new_tokens,
@@ -138,7 +139,8 @@ def assemble_model_folder(
     ).save_pretrained(folder)
     evaluation = sources["evaluation"].counts
     metrics = {k: v for k, v in evaluation.items() if k != "samples"}
-    (folder / "README.md").write_text(model_card(name, sources, metrics, evaluation["samples"]))
+    card = model_card(store, name, sources, metrics, evaluation["samples"])
+    card.save(folder / "README.md")
 
 
 def check_loads(folder: Path, prompt: str) -> str:
@@ -147,12 +149,12 @@ def check_loads(folder: Path, prompt: str) -> str:
 
 
 def publish_folder(
-    sources: dict[str, StageRef], config: PublishConfig, writer: StageWriter, log
+    store: Store, sources: dict[str, StageRef], config: PublishConfig, writer: StageWriter, log
 ) -> dict:
     """Assemble, check and upload the model folder; return what the pipeline reports."""
     with tempfile.TemporaryDirectory(prefix="publish-") as tmp:
         folder = Path(tmp)
-        assemble_model_folder(folder, config.model_name, sources, config)
+        assemble_model_folder(store, folder, config.model_name, sources, config)
         check_loads(folder, "import pandas as pd\n")
         writer.put_dir(folder, "")
     log.info("publish: %s loads through transformers.pipeline", writer.store.uri(writer.prefix))
@@ -166,14 +168,14 @@ def set_latest(store: Store, name: str, key: str) -> None:
         f"{models_area(name)}/{LATEST}",
         {
             "version": key,
-            "uri": store.uri(f"{models_area(name)}/{key}"),
+            "path": f"{models_area(name)}/{key}",  # relative: the store may move
             "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
 
 
 def latest_model(store: Store, name: str) -> StageRef:
-    """The newest published version of a model."""
+    """The newest published version of a model; a damaged ``LATEST`` is a clear error."""
     rel = f"{models_area(name)}/{LATEST}"
     try:
         latest = store.read_json(rel)
@@ -182,24 +184,39 @@ def latest_model(store: Store, name: str) -> StageRef:
             f"no published model {name!r} in {store.url}: run `codeparrot-ds run` first, "
             "or pass --model with a model folder"
         ) from None
-    return StageRef(stage=models_area(name), key=latest["version"], store_url=store.url)
+    except DamagedObjectError as err:
+        raise StoreError(f"{err}; rerun the pipeline to rewrite it, or pass --model") from None
+    version = latest.get("version") if isinstance(latest, dict) else None
+    if not isinstance(version, str) or not re.match(KEY_PATTERN, version):
+        raise StoreError(
+            f"{store.uri(rel)} names no valid version (got {str(version)[:40]!r}); rerun the "
+            "pipeline to rewrite it, or pass --model with a model folder"
+        )
+    return StageRef(stage=models_area(name), key=version)
 
 
-def published_folder(ref: StageRef) -> Path:
+def published_folder(store: Store, ref: StageRef) -> Path:
     """A local folder holding a published model, every file checked against its manifest."""
-    return part_folder(ref, "")
+    return part_folder(store, ref, "")
 
 
-# Not cached by Prefect: a rerun must move LATEST back to this model even when it is published.
-@stage_task("publish-model", None)
+PUBLISH = Stage(
+    "publish",
+    inputs=("corpus", "documents", "tokenizer", "tokens", "training", "evaluation"),
+    code=(sys.modules[__name__],),
+    libraries=(transformers.__version__,),
+)
+
+
+# Its output is keyed as any stage's, but the task always runs to move LATEST to this model.
+@PUBLISH.task
 def publish_model(sources: dict[str, StageRef], config: PublishConfig, store_url: str) -> StageRef:
     """Publish the trained model with its tokenizer and model card; move LATEST to it."""
     log = stage_logger()
     store = Store(store_url)
-    build = partial(publish_folder, sources, config, log=log)
-    version = code_version([sys.modules[__name__]], transformers.__version__)
-    spec = StageSpec.of(models_area(config.model_name), config, sources, version)
-    ref = run_stage(store, spec, build, log)
+    build = partial(publish_folder, store, sources, config, log=log)
+    spec = PUBLISH.spec(config, sources, folder=models_area(config.model_name))
+    ref = PUBLISH.run(store_url, spec, build, log)
     set_latest(store, config.model_name, ref.key)
-    log.info("published %s", ref.uri)
+    log.info("published %s", store.uri(ref.prefix))
     return ref

@@ -22,19 +22,11 @@ from pydantic import Field
 
 import storage.shards
 from storage.shards import SPLITS, TokenShardWriter, iter_shard_batches, token_dtype
-from storage.stages import (
-    StageRef,
-    StageSpec,
-    StageWriter,
-    code_version,
-    part_names,
-    read_manifest,
-    run_stage,
-)
+from storage.stages import StageRef, StageSpec, StageWriter, part_names, read_manifest
 from storage.store import Store
-from tasks.common import stage_logger, stage_task
+from tasks.common import Stage, stage_logger
 from tasks.params import StageParams
-from tasks.tokenizer import load_stage_tokenizer
+from tasks.tokenizer import load_stage_tokenizer, token_id_bound
 
 
 class TokenizeConfig(StageParams):
@@ -126,6 +118,7 @@ def tokenize_batches(
 
 
 def tokenize_documents(
+    store: Store,
     documents: StageRef,
     tokenizer,
     config: TokenizeConfig,
@@ -137,31 +130,39 @@ def tokenize_documents(
     Document shard by document shard: after each one its token rows are flushed and a progress
     record commits them with the packer's carry, so an interrupted run resumes at the next one.
     """
-    dtype = token_dtype(len(tokenizer))
-    manifest = read_manifest(documents)
+    vocab_size = token_id_bound(tokenizer)
+    dtype = token_dtype(vocab_size)
+    manifest = read_manifest(store, documents)
     resumed = writer.resumed_states[-1] if writer.resumed_states else None
     counts: dict[str, int] = (
         resumed["counts"]
         if resumed
-        else {"context_length": config.context_length, "vocab_size": len(tokenizer)}
+        else {"context_length": config.context_length, "vocab_size": vocab_size}
     )
     for split in SPLITS:
         if resumed and SPLITS.index(split) < SPLITS.index(resumed["split"]):
             continue  # finished before the interruption; its counts are in ``counts``
         here = resumed if resumed and resumed["split"] == split else None
-        names = part_names(documents, split, manifest)
+        names = part_names(manifest, split)
         shards = TokenShardWriter(
-            writer, split, config.context_length, dtype, config.rows_per_shard
+            writer,
+            split,
+            config.context_length,
+            dtype,
+            config.rows_per_shard,
+            source=f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r}",
         )
         packer = Packer(config.context_length, tokenizer.eos_token_id)
         split_counts = Counter({"documents": 0, "tokens": 0, "rows": 0})
         if here:
             shards.shard_rows = list(here["shard_rows"])
-            packer.carry = np.asarray(here["carry"], dtype=np.int64)
+            packer.carry = np.asarray(here["carry"], dtype=np.int64).reshape(-1)
             split_counts.update(here["split_counts"])
         split_progress = partial(progress, split) if progress else None
         for index in range(here["next_shard"] if here else 0, len(names)):
-            batches = iter_shard_batches(documents, names[index], config.batch_size, manifest)
+            batches = iter_shard_batches(
+                store, documents, names[index], config.batch_size, manifest
+            )
             tokenize_batches(
                 batches, tokenizer, config.mode, packer, shards, split_counts, split_progress
             )
@@ -187,22 +188,26 @@ def tokenize_documents(
     return counts
 
 
-def tokenize_spec(
-    documents: StageRef, tokenizer: StageRef, config: TokenizeConfig, **_
-) -> StageSpec:
+TOKENIZE = Stage(
+    "tokenize",
+    inputs=("documents", "tokenizer"),
+    code=(sys.modules[__name__], storage.shards),
+    libraries=(tokenizers.__version__,),
+)
+
+
+def tokenize_spec(documents: StageRef, tokenizer: StageRef, config: TokenizeConfig) -> StageSpec:
     """Where the token shards of these documents, tokenizer and config live."""
-    inputs = {"documents": documents, "tokenizer": tokenizer}
-    version = code_version([sys.modules[__name__], storage.shards], tokenizers.__version__)
-    return StageSpec.of("tokens", config, inputs, version)
+    return TOKENIZE.spec(config, {"documents": documents, "tokenizer": tokenizer})
 
 
-@stage_task("tokenize-to-shards", tokenize_spec)
+@TOKENIZE.task
 def tokenize_to_shards(
     documents: StageRef, tokenizer: StageRef, config: TokenizeConfig, store_url: str
 ) -> StageRef:
     """Tokenize the filtered documents into fixed-length rows in Arrow shards."""
     log = stage_logger()
-    loaded = load_stage_tokenizer(tokenizer)
+    store = Store(store_url)
     every = max(1, 20_000 // config.batch_size)
     calls = {"n": 0}
 
@@ -211,7 +216,8 @@ def tokenize_to_shards(
         if calls["n"] % every == 0:
             log.info("tokenize %s: %d files, %d rows", split, docs, rows)
 
-    build = partial(tokenize_documents, documents, loaded, config, progress=progress)
-    ref = run_stage(Store(store_url), tokenize_spec(documents, tokenizer, config), build, log)
-    log.info("tokenize: %s", ref.counts)
-    return ref
+    def build(writer: StageWriter) -> dict[str, int]:
+        loaded = load_stage_tokenizer(store, tokenizer)
+        return tokenize_documents(store, documents, loaded, config, writer, progress)
+
+    return TOKENIZE.run(store_url, tokenize_spec(documents, tokenizer, config), build, log)

@@ -6,6 +6,7 @@ The result is a folder that ``AutoTokenizer.from_pretrained(folder)`` loads, wit
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import tempfile
@@ -19,13 +20,25 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from storage.shards import iter_document_batches
-from storage.stages import StageRef, StageSpec, StageWriter, code_version, part_folder, run_stage
-from storage.store import Store, fetch_folder
-from tasks.common import stage_logger, stage_task
+from storage.stages import StageRef, StageWriter, part_folder
+from storage.store import Store, StoreError, fetch_folder, open_regular
+from tasks.common import Stage, stage_logger
 from tasks.params import StageParams
 
 EOS_TOKEN = "<|endoftext|>"
 TOKENIZER_DIR = "tokenizer"
+# The files a tokenizer folder is loaded from: what a pretrained tokenizer's key hashes.
+TOKENIZER_FILES = {
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "config.json",
+}
+TOKENIZER_SUFFIXES = (".model", ".tiktoken")
 
 
 class TokenizerError(ValueError):
@@ -75,22 +88,88 @@ def limit_bytes(batches: Iterator[list[str]], max_bytes: int | None) -> Iterator
             return
 
 
+def is_local_name(name: str) -> bool:
+    """Whether a model or tokenizer name is a local path rather than a Hub name: it exists
+    here, looks like a path (absolute, ``./``, ``../``, ``~``, more than one ``/``), or starts
+    with a folder that exists here."""
+    first = name.split("/", 1)[0]
+    return (
+        os.path.exists(name)
+        or name.startswith(("/", ".", "~"))
+        or name.count("/") > 1
+        or ("/" in name and os.path.isdir(first))
+    )
+
+
+def resolve_pretrained(name: str) -> Path:
+    """A local folder holding the named tokenizer: a folder, a store/fsspec URL, or a Hub name
+    (downloaded with ``huggingface_hub``; offline, a clear error)."""
+    if "://" in name:
+        try:
+            return fetch_folder(name)
+        except (FileNotFoundError, StoreError) as err:
+            raise TokenizerError(f"could not fetch tokenizer {name!r}: {err}") from None
+    if is_local_name(name):
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise TokenizerError(
+                f"tokenizer folder {name!r} does not exist or is not a folder; give a folder "
+                "holding tokenizer.json"
+            )
+        return folder
+    from huggingface_hub import snapshot_download
+
+    patterns = [*TOKENIZER_FILES, *(f"*{suffix}" for suffix in TOKENIZER_SUFFIXES)]
+    try:
+        return Path(snapshot_download(name, allow_patterns=patterns))
+    except Exception as err:  # noqa: BLE001 - every Hub failure gets the same advice
+        raise TokenizerError(
+            f"could not get tokenizer {name!r} from the Hugging Face Hub "
+            f"({type(err).__name__}); offline, give a local folder holding tokenizer.json"
+        ) from None
+
+
+def tokenizer_fingerprint(folder: Path) -> str:
+    """sha256 of the files a tokenizer is loaded from, so a changed tokenizer gets a new key."""
+    digest = hashlib.sha256()
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.name in TOKENIZER_FILES or p.name.endswith(TOKENIZER_SUFFIXES)
+    )
+    if not files:
+        raise TokenizerError(f"{folder} holds no tokenizer file (tokenizer.json, vocab.json, ...)")
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        try:
+            with open_regular(path) as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+        except (OSError, StoreError) as err:
+            raise TokenizerError(f"cannot read tokenizer file {path}: {err}") from None
+    return digest.hexdigest()
+
+
 def load_pretrained_tokenizer(name: str):
     """Load a tokenizer from a local folder, a store/fsspec folder URL or a Hub name."""
-    if "://" in name:
-        name = str(fetch_folder(name))
+    folder = resolve_pretrained(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as err:
         raise TokenizerError(
-            f"could not load tokenizer {name!r}: {err}. Give a folder holding tokenizer.json, "
-            "or a Hub name when this machine can reach the Hub"
+            f"could not load tokenizer {name!r}: {err}. Give a folder holding tokenizer.json"
         ) from err
     if tokenizer.eos_token_id is None:
         raise TokenizerError(
             f"tokenizer {name!r} has no end-of-text token; GPT-2 training needs one"
         )
     return tokenizer
+
+
+def token_id_bound(tokenizer) -> int:
+    """One more than the largest id the tokenizer can emit: the model's vocabulary size and
+    what the shard dtype must hold. Ids may be sparse, so ``len(tokenizer)`` is not enough."""
+    return max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
 
 
 def build_tokenizer(
@@ -108,33 +187,41 @@ def build_tokenizer(
     with tempfile.TemporaryDirectory(prefix="tokenizer-") as folder:
         tokenizer.save_pretrained(folder)
         writer.put_dir(folder, TOKENIZER_DIR)
-    return {"vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id}
+    return {"vocab_size": token_id_bound(tokenizer), "eos_token_id": tokenizer.eos_token_id}
 
 
-def load_stage_tokenizer(ref: StageRef):
+def load_stage_tokenizer(store: Store, ref: StageRef):
     """Load the tokenizer that a committed tokenizer stage holds."""
-    return AutoTokenizer.from_pretrained(str(tokenizer_folder(ref)))
+    return AutoTokenizer.from_pretrained(str(tokenizer_folder(store, ref)))
 
 
-def tokenizer_folder(ref: StageRef) -> Path:
+def tokenizer_folder(store: Store, ref: StageRef) -> Path:
     """A local folder holding the tokenizer of a committed tokenizer stage."""
-    return part_folder(ref, TOKENIZER_DIR)
+    return part_folder(store, ref, TOKENIZER_DIR)
 
 
-def tokenizer_spec(documents: StageRef, config: TokenizerConfig, **_) -> StageSpec:
-    """Where the tokenizer for these documents and config lives."""
-    # A loaded tokenizer does not depend on our documents; a trained one does.
-    inputs = {} if config.pretrained else {"documents": documents}
-    version = code_version([sys.modules[__name__]], tokenizers.__version__)
-    return StageSpec.of("tokenizer", config, inputs, version)
+TOKENIZER = Stage(
+    "tokenizer",
+    inputs=("documents",),
+    code=(sys.modules[__name__],),
+    libraries=(tokenizers.__version__,),
+)
 
 
-@stage_task("train-tokenizer", tokenizer_spec)
+def tokenizer_params(config: TokenizerConfig) -> dict:
+    """The tokenizer stage's parameters: a pretrained tokenizer is keyed by its files' hash,
+    not its name, so one changed in place gets a new key."""
+    params = config.model_dump(mode="json")
+    if config.pretrained:
+        params["pretrained_sha256"] = tokenizer_fingerprint(resolve_pretrained(config.pretrained))
+    return params
+
+
+@TOKENIZER.task
 def train_tokenizer(documents: StageRef, config: TokenizerConfig, store_url: str) -> StageRef:
     """Train a byte-level BPE tokenizer on the training split, or load the configured one."""
-    log = stage_logger()
-    texts = iter_document_batches(documents, "train", batch_size=1000)  # lazy: read if built
-    build = partial(build_tokenizer, config, texts)
-    ref = run_stage(Store(store_url), tokenizer_spec(documents, config), build, log)
-    log.info("tokenizer: %s", ref.counts)
-    return ref
+    # A loaded tokenizer does not depend on our documents; a trained one does.
+    inputs = {} if config.pretrained else {"documents": documents}
+    spec = TOKENIZER.spec(tokenizer_params(config), inputs)
+    texts = iter_document_batches(Store(store_url), documents, "train", 1000)  # read if built
+    return TOKENIZER.run(store_url, spec, partial(build_tokenizer, config, texts), stage_logger())

@@ -1,11 +1,10 @@
-"""Stage 5: train GPT-2 from scratch on the token shards; save weights and loss history."""
+"""Stage 5: train GPT-2 from scratch on the token shards; save weights and loss history.
+
+Training runs in this task's process, in one launched process per GPU, or on the workers of
+a training deployment (the GPU pool); all three commit the same output at the same key.
+"""
 
 from __future__ import annotations
-
-import sys
-import tempfile
-from functools import partial
-from pathlib import Path
 
 import accelerate
 import torch
@@ -22,133 +21,50 @@ import tasks.training.evaluation
 import tasks.training.loop
 import tasks.training.loss
 import tasks.training.model
-from storage.shards import load_token_shards
-from storage.stages import (
-    CHECKPOINTS_DIR,
-    PartInfo,
-    StageRef,
-    StageSpec,
-    StageWriter,
-    code_version,
-    committed_ref,
-    load_manifest,
-    part_folder,
-    run_stage,
-)
+import tasks.training_run
+from storage.stages import PartInfo, StageRef, StageSpec, StageWriter, committed_ref, load_manifest
 from storage.store import Store
-from tasks.common import stage_logger, stage_task
+from tasks.common import Stage, stage_logger
 from tasks.progress import ProgressArtifact, ProgressCallback
-from tasks.tokenizer import load_stage_tokenizer
 from tasks.train_launch import launch_training
-from tasks.training.checkpoint import CheckpointStore
 from tasks.training.config import CHECKPOINT_FIELDS, ModelConfig, TrainConfig
-from tasks.training.data import TokenRows
-from tasks.training.loop import make_accelerator, resolve_mixed_precision, train_model_loop
-from tasks.training.loss import resolve_key_tokens
-from tasks.training.model import build_model, gpt2_config
+from tasks.training.loop import resolve_mixed_precision
+from tasks.training_run import train_from_shards, training_request
 
-MODEL_DIR = "model"
-HISTORY_PART = "history.json"
 # Seconds between polls of a training run on another worker.
 DEPLOYMENT_POLL_SECONDS = 5
-TRAINING_CODE = [
-    tasks.training.checkpoint,
-    tasks.training.config,
-    tasks.training.data,
-    tasks.training.evaluation,
-    tasks.training.loop,
-    tasks.training.loss,
-    tasks.training.model,
-]
+
+TRAIN = Stage(
+    "train",
+    inputs=("tokens", "tokenizer"),
+    code=(
+        tasks.training_run,
+        tasks.training.checkpoint,
+        tasks.training.config,
+        tasks.training.data,
+        tasks.training.evaluation,
+        tasks.training.loop,
+        tasks.training.loss,
+        tasks.training.model,
+    ),
+    libraries=(torch.__version__, transformers.__version__, accelerate.__version__),
+    sections=("model", "train"),
+)
 
 
-def train_from_shards(
-    tokens: StageRef,
-    tokenizer_ref: StageRef,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    writer: StageWriter,
-    log,
-    on_progress: ProgressCallback | None = None,
-) -> dict:
-    """Build a fresh GPT-2, train it on the token shards, and write it with its history.
-
-    In a multi-process run every process calls this; only the main process writes the model
-    and returns the counts (the others return an empty dict).
-    """
-    tokenizer = load_stage_tokenizer(tokenizer_ref)
-    keytoken_ids, missing = resolve_key_tokens(tokenizer, train_config.key_tokens)
-    if missing:
-        log.warning(
-            "key tokens that are not single tokens in this tokenizer are not up-weighted: %s",
-            missing,
-        )
-    log.info("key token ids: %s", keytoken_ids)
-    train_rows = TokenRows(load_token_shards(tokens, "train"))
-    valid_rows = TokenRows(load_token_shards(tokens, "valid"))
-    config = gpt2_config(
-        model_config, len(tokenizer), train_rows.context_length, tokenizer.eos_token_id
-    )
-    accelerator = make_accelerator(train_config)
-    model = build_model(config, train_config.seed)
-    parameters = sum(p.numel() for p in model.parameters())
-    log.info("GPT-2 with %.1fM parameters, %d training rows", parameters / 1e6, len(train_rows))
-    checkpoints = CheckpointStore(
-        writer.store, f"{writer.prefix}/{CHECKPOINTS_DIR}", train_config.keep_checkpoints, log
-    )
-    result = train_model_loop(
-        model,
-        train_rows,
-        valid_rows,
-        keytoken_ids,
-        train_config,
-        accelerator,
-        log,
-        checkpoints,
-        on_progress,
-    )
-    if not accelerator.is_main_process:
-        return {}
-    with tempfile.TemporaryDirectory(prefix="model-") as folder:
-        accelerator.unwrap_model(model).save_pretrained(folder)
-        writer.put_dir(folder, MODEL_DIR)
-    writer.write_json(HISTORY_PART, {"train": result.history, "valid": result.evals})
-    return {
-        "parameters": parameters,
-        "processes": accelerator.num_processes,
-        "steps": result.steps,
-        "tokens": result.tokens,
-        "train_seconds": round(result.seconds, 2),
-        "tokens_per_second": round(result.tokens_per_second, 1),
-        "final_train_loss": result.history[-1]["loss"],
-        "final_valid_loss": result.evals[-1]["valid_loss"],
-        "mixed_precision": result.mixed_precision,
-        "checkpoints": result.checkpoints,
-        "checkpoint_seconds": round(result.checkpoint_seconds, 2),
-        "resumed_from_step": result.resumed_from,
-        "keytoken_ids": keytoken_ids,
-    }
-
-
-def training_request(
-    tokens: StageRef,
-    tokenizer: StageRef,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    store_url: str,
-) -> dict:
-    """A training run's inputs as plain JSON: the training flow's parameters, and what a
-    launched training process reads."""
-    return {
-        "tokens": tokens.model_dump(mode="json"),
-        "tokenizer": tokenizer.model_dump(mode="json"),
+def train_spec(
+    tokens: StageRef, tokenizer: StageRef, model_config: ModelConfig, train_config: TrainConfig
+) -> StageSpec:
+    """Where the model trained on these tokens with these settings lives."""
+    params = {
         "model": model_config.model_dump(mode="json"),
-        "train": train_config.model_dump(mode="json"),
-        "store_url": store_url,
+        "train": train_config.model_dump(mode="json", exclude=CHECKPOINT_FIELDS),
     }
+    return TRAIN.spec(params, {"tokens": tokens, "tokenizer": tokenizer})
 
 
 def build_training(
+    store: Store,
     tokens: StageRef,
     tokenizer_ref: StageRef,
     model_config: ModelConfig,
@@ -161,10 +77,10 @@ def build_training(
     processes = train_config.resolved_processes()
     if processes == 1:
         return train_from_shards(
-            tokens, tokenizer_ref, model_config, train_config, writer, log, on_progress
+            store, tokens, tokenizer_ref, model_config, train_config, writer, log, on_progress
         )
     request = {
-        **training_request(tokens, tokenizer_ref, model_config, train_config, writer.store.url),
+        **training_request(tokens, tokenizer_ref, model_config, train_config, store.url),
         "stage": writer.stage,
         "key": writer.key,
     }
@@ -175,24 +91,7 @@ def build_training(
     return outcome["counts"]
 
 
-def train_spec(
-    tokens: StageRef, tokenizer: StageRef, model_config: ModelConfig, train_config: TrainConfig, **_
-) -> StageSpec:
-    """Where the model trained on these tokens with these settings lives."""
-    params = {
-        "model": model_config.model_dump(mode="json"),
-        "train": train_config.model_dump(mode="json", exclude=CHECKPOINT_FIELDS),
-    }
-    version = code_version(
-        [sys.modules[__name__], *TRAINING_CODE],
-        torch.__version__,
-        transformers.__version__,
-        accelerate.__version__,
-    )
-    return StageSpec.of("training", params, {"tokens": tokens, "tokenizer": tokenizer}, version)
-
-
-@stage_task("train-model", train_spec)
+@TRAIN.task
 def train_model(
     tokens: StageRef,
     tokenizer: StageRef,
@@ -205,19 +104,16 @@ def train_model(
     A rerun after a crash resumes from the newest checkpoint the crashed run committed.
     """
     log = stage_logger()
-    build = partial(
-        build_training,
-        tokens,
-        tokenizer,
-        model_config,
-        train_config,
-        log=log,
-        on_progress=ProgressArtifact.for_current_run(log),
-    )
+
+    def build(writer: StageWriter) -> dict:
+        on_progress = ProgressArtifact.for_current_run(log)
+        store = Store(store_url)
+        return build_training(
+            store, tokens, tokenizer, model_config, train_config, writer, log, on_progress
+        )
+
     spec = train_spec(tokens, tokenizer, model_config, train_config)
-    ref = run_stage(Store(store_url), spec, build, log)
-    log.info("training: %s", ref.counts)
-    return ref
+    return TRAIN.run(store_url, spec, build, log)
 
 
 class TrainingRunError(RuntimeError):
@@ -235,7 +131,7 @@ def read_deployment(name: str) -> DeploymentResponse:
         return client.read_deployment_by_name(name)
 
 
-@stage_task("train-model-on-deployment", train_spec)
+@TRAIN.task
 def train_model_on_deployment(
     tokens: StageRef,
     tokenizer: StageRef,
@@ -282,11 +178,6 @@ def train_model_on_deployment(
                 f"training run {flow_run.name!r} completed but committed no model at "
                 f"{store.uri(spec.prefix)}; check that its worker uses the same store"
             )
-    ref = committed_ref(store, spec, manifest)
-    log.info("training: %s", ref.counts)
+    ref = committed_ref(spec, manifest)
+    log.info("train: %s", ref.counts)
     return ref
-
-
-def model_folder(ref: StageRef) -> Path:
-    """A local folder holding the weights and config of a committed training stage."""
-    return part_folder(ref, MODEL_DIR)

@@ -14,6 +14,7 @@ import logging
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,10 +24,12 @@ from typing import Any
 
 import torch
 
-from storage.seaweedfs import free_ports
 from storage.stages import StageRef, StageWriter
 from storage.store import Store
+from tasks.credentials import use_credentials_block
 from tasks.progress import ProgressCallback
+from tasks.training.config import ModelConfig, TrainConfig
+from tasks.training_run import train_from_shards
 
 # Marks a line that carries a progress record (JSON) rather than a log message.
 PROGRESS_MARK = "@codeparrot-progress "
@@ -34,6 +37,13 @@ PROGRESS_MARK = "@codeparrot-progress "
 
 class TrainingLaunchError(RuntimeError):
     """The launched training processes failed."""
+
+
+def rendezvous_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago, for the processes to meet on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def launch_command(
@@ -96,7 +106,7 @@ def launch_training(
     with tempfile.TemporaryDirectory(prefix="train-launch-") as folder:
         request_path, result_path = Path(folder, "request.json"), Path(folder, "result.json")
         request_path.write_text(json.dumps(request))
-        port = free_ports(1)[0]
+        port = rendezvous_port()
         command = launch_command(processes, mixed_precision, port, request_path, result_path)
         log.info("launching %d training processes: %s", processes, shlex.join(command))
         process = subprocess.Popen(
@@ -124,9 +134,6 @@ def launch_training(
 
 def main(argv: list[str] | None = None) -> None:
     """One launched training process: train, and on the main process report parts and counts."""
-    from tasks.train import train_from_shards  # here: tasks.train imports this module
-    from tasks.training.config import ModelConfig, TrainConfig
-
     request_path, result_path = argv or sys.argv[1:]
     request = json.loads(Path(request_path).read_text())
     rank = int(os.environ.get("RANK", "0"))
@@ -139,12 +146,16 @@ def main(argv: list[str] | None = None) -> None:
     log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     log.handlers = [handler]
     log.propagate = False
-    writer = StageWriter(Store(request["store_url"]), request["stage"], request["key"])
+    if not request["store_url"].startswith("file://"):
+        use_credentials_block()
+    store = Store(request["store_url"])
+    writer = StageWriter(store, request["stage"], request["key"])
 
     def print_progress(record: dict[str, Any]) -> None:
         print(PROGRESS_MARK + json.dumps(record), flush=True)
 
     counts = train_from_shards(
+        store,
         StageRef.model_validate(request["tokens"]),
         StageRef.model_validate(request["tokenizer"]),
         ModelConfig.model_validate(request["model"]),

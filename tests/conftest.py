@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import uuid
 from functools import partial
 
@@ -54,7 +55,8 @@ def documents_ref(corpus_dir, session_store) -> StageRef:
     filter_config = FilterConfig(valid_fraction=0.2, max_shard_bytes=8192)
 
     def build(writer):
-        return filter_documents(partial(iter_documents, corpus), filter_config, writer)
+        documents = partial(iter_documents, session_store, corpus)
+        return filter_documents(documents, filter_config, writer)
 
     spec = StageSpec.of("documents", filter_config, {"corpus": corpus}, "t")
     return run_stage(session_store, spec, build, LOG)
@@ -67,18 +69,18 @@ def tokenizer_ref(documents_ref, session_store) -> StageRef:
     from tasks.tokenizer import TokenizerConfig, build_tokenizer
 
     config = TokenizerConfig(vocab_size=400)
-    texts = iter_document_batches(documents_ref, "train")
+    texts = iter_document_batches(session_store, documents_ref, "train")
     build = lambda writer: build_tokenizer(config, texts, writer)  # noqa: E731
     spec = StageSpec.of("tokenizer", config, {"d": documents_ref}, "t")
     return run_stage(session_store, spec, build, LOG)
 
 
 @pytest.fixture(scope="session")
-def tokenizer(tokenizer_ref):
+def tokenizer(tokenizer_ref, session_store):
     """The loaded small tokenizer."""
     from tasks.tokenizer import load_stage_tokenizer
 
-    return load_stage_tokenizer(tokenizer_ref)
+    return load_stage_tokenizer(session_store, tokenizer_ref)
 
 
 @pytest.fixture(scope="session")
@@ -87,8 +89,17 @@ def tokens_ref(documents_ref, tokenizer_ref, tokenizer, session_store) -> StageR
     from tasks.tokenize import TokenizeConfig, tokenize_documents, tokenize_spec
 
     config = TokenizeConfig(mode="packed", context_length=32)
-    build = partial(tokenize_documents, documents_ref, tokenizer, config)
+    build = partial(tokenize_documents, session_store, documents_ref, tokenizer, config)
     return run_stage(session_store, tokenize_spec(documents_ref, tokenizer_ref, config), build, LOG)
+
+
+@pytest.fixture
+def data_store(tmp_path, session_store, tokens_ref) -> Store:
+    """A fresh copy of the session store, holding documents, tokenizer and tokens: a test may
+    build in it, and the copy checks that references work in a store that was moved."""
+    copy = tmp_path / "data-store"
+    shutil.copytree(session_store.local_file(""), copy)
+    return Store(str(copy))
 
 
 @pytest.fixture(scope="session")
@@ -103,7 +114,7 @@ def prefect_server():
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory):
     """A SeaweedFS S3 server on 127.0.0.1 with an access key pair, for the whole session."""
-    from storage.seaweedfs import SeaweedFS
+    from deployments.seaweedfs import SeaweedFS
 
     server = SeaweedFS(
         tmp_path_factory.mktemp("seaweedfs"), "codeparrot-test", secrets.token_hex(16)

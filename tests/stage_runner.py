@@ -43,25 +43,30 @@ def run_tokenize(args: dict) -> StageRef:
     tokenizer_ref = StageRef.model_validate(args["tokenizer"])
     config = TokenizeConfig.model_validate(args["config"])
     pause = lambda split, docs, rows: time.sleep(args["pause"])  # noqa: E731
-    tokenizer = load_stage_tokenizer(tokenizer_ref)
-    build = partial(tokenize_documents, documents, tokenizer, config, progress=pause)
+    store = Store(args["store_url"])
+    tokenizer = load_stage_tokenizer(store, tokenizer_ref)
+    build = partial(tokenize_documents, store, documents, tokenizer, config, progress=pause)
     spec = tokenize_spec(documents, tokenizer_ref, config)
-    return run_stage(Store(args["store_url"]), spec, build, LOG)
+    return run_stage(store, spec, build, LOG)
 
 
 def run_train(args: dict) -> StageRef:
     """The train stage, pausing after each progress line."""
-    from tasks.train import train_from_shards, train_spec
+    from tasks.train import train_spec
     from tasks.training.config import ModelConfig, TrainConfig
+    from tasks.training_run import train_from_shards
 
     tokens = StageRef.model_validate(args["tokens"])
     tokenizer = StageRef.model_validate(args["tokenizer"])
     model_config = ModelConfig.model_validate(args["model"])
     train_config = TrainConfig.model_validate(args["train"])
     log = SlowLog(args["pause"])
-    build = partial(train_from_shards, tokens, tokenizer, model_config, train_config, log=log)
+    store = Store(args["store_url"])
+    build = partial(
+        train_from_shards, store, tokens, tokenizer, model_config, train_config, log=log
+    )
     spec = train_spec(tokens, tokenizer, model_config, train_config)
-    return run_stage(Store(args["store_url"]), spec, build, log)
+    return run_stage(store, spec, build, log)
 
 
 if __name__ == "__main__":

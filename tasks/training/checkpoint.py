@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from storage.store import Store
+from storage.store import DamagedObjectError, Store
 
 COMMIT_NAME = "_commit.json"
 
@@ -88,31 +90,32 @@ class CheckpointStore:
         steps = []
         for rel in self.store.list_files(self.prefix):
             folder, _, name = rel.partition("/")
-            if name == COMMIT_NAME and folder.startswith("step-"):
+            if name == COMMIT_NAME and re.fullmatch(r"step-\d{8}", folder):
                 steps.append(int(folder.removeprefix("step-")))
         return sorted(steps)
 
-    def latest(self, names: list[str]) -> tuple[Checkpoint, dict[str, Any]] | None:
-        """The newest committed checkpoint whose files ``names`` match their record, and its
-        record; checkpoints that do not verify are skipped with a warning."""
+    def verified(self, names: list[str]) -> Iterator[tuple[Checkpoint, dict[str, Any]]]:
+        """Committed checkpoints whose files ``names`` match their record, newest first, each
+        with its record; any that does not verify is skipped with a warning."""
         for step in reversed(self.committed_steps()):
             folder = f"{self.prefix}/{_folder(step)}"
-            record = self.store.read_json(f"{folder}/{COMMIT_NAME}")
+            try:
+                record = self.store.read_json(f"{folder}/{COMMIT_NAME}")
+                expected = {name: record["files"][name]["sha256"] for name in names}
+            except (DamagedObjectError, FileNotFoundError, KeyError, TypeError) as err:
+                self.log.warning(
+                    "checkpoint %s: unreadable commit record (%s); skipped", folder, err
+                )
+                continue
             files = {}
             for name in names:
-                expected = record["files"].get(name)
                 try:
                     data = self.store.read_bytes(f"{folder}/{name}")
-                except FileNotFoundError:
+                except (FileNotFoundError, DamagedObjectError):
                     data = None
-                if (
-                    expected is None
-                    or data is None
-                    or hashlib.sha256(data).hexdigest() != expected["sha256"]
-                ):
+                if data is None or hashlib.sha256(data).hexdigest() != expected[name]:
                     self.log.warning("checkpoint %s: %s does not verify; skipped", folder, name)
                     break
                 files[name] = data
             else:
-                return Checkpoint(step=step, files=files), record
-        return None
+                yield Checkpoint(step=step, files=files), record

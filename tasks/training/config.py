@@ -6,7 +6,7 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tasks.params import StageParams
 
@@ -82,6 +82,13 @@ class TrainConfig(StageParams):
     """Optimizer steps between checkpoints in the store (one is also saved at the end)."""
     keep_checkpoints: int = Field(default=2, ge=1)
     """Newest checkpoints kept; older ones are deleted."""
+
+    @field_validator("key_tokens")
+    @classmethod
+    def _no_empty_key_token(cls, words: list[str]) -> list[str]:
+        if any(not word.strip() for word in words):
+            raise ValueError("an empty key token would up-weight every space; remove it")
+        return words
 
     def resolved_processes(self) -> int:
         """How many training processes this machine runs for this config."""

@@ -13,7 +13,7 @@ import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
-from tasks.training.checkpoint import CheckpointStore, from_bytes, to_bytes
+from tasks.training.checkpoint import Checkpoint, CheckpointStore, from_bytes, to_bytes
 from tasks.training.config import TrainConfig
 from tasks.training.data import BatchStream, StreamPosition, TokenRows, sequential_batches
 from tasks.training.evaluation import evaluate_loss
@@ -100,6 +100,29 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
 
 
+def _parse_checkpoint(
+    checkpoint: Checkpoint, record: dict[str, Any], model: torch.nn.Module, rank: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The payloads of a checkpoint, checked against this run before anything is loaded.
+
+    Raises on anything a crafted or foreign checkpoint could hold: a payload that is not plain
+    tensors and data (``weights_only``), missing entries, or weights of another shape.
+    """
+    state = from_bytes(checkpoint.files[STATE_FILE])
+    rank_state = from_bytes(checkpoint.files[_rank_file(rank)])
+    for key in ("model", "optimizer", "scheduler", "result"):
+        if not isinstance(state.get(key), dict):
+            raise ValueError(f"no {key} state")
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    found = {k: getattr(v, "shape", None) for k, v in state["model"].items()}
+    if found != expected:
+        raise ValueError("its weights do not fit this model")
+    StreamPosition(**rank_state["position"])
+    if not isinstance(rank_state.get("rng"), dict):
+        raise ValueError("no random generator state")
+    return state, rank_state
+
+
 def resume_checkpoint(
     checkpoints: CheckpointStore,
     model: torch.nn.Module,
@@ -109,33 +132,43 @@ def resume_checkpoint(
     result: TrainResult,
     log: logging.Logger | logging.LoggerAdapter,
 ) -> StreamPosition | None:
-    """Load the newest committed checkpoint into the run; return the data position to go on
-    from, or None to start afresh."""
-    found = checkpoints.latest([STATE_FILE, _rank_file(accelerator.process_index)])
-    if found is None:
-        return None
-    checkpoint, record = found
-    if record.get("world") != accelerator.num_processes:
-        log.warning(
-            "checkpoint at step %d was saved by %s process(es), this run has %d: starting afresh",
-            checkpoint.step,
-            record.get("world"),
-            accelerator.num_processes,
-        )
-        return None
-    state = from_bytes(checkpoint.files[STATE_FILE])
-    rank_state = from_bytes(checkpoint.files[_rank_file(accelerator.process_index)])
-    accelerator.unwrap_model(model).load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if accelerator.scaler is not None and state["scaler"] is not None:
-        accelerator.scaler.load_state_dict(state["scaler"])
-    _set_rng_state(rank_state["rng"])
-    for name, value in state["result"].items():
-        setattr(result, name, value)
-    result.resumed_from = checkpoint.step
-    log.info("resuming from the checkpoint at step %d", checkpoint.step)
-    return StreamPosition(**rank_state["position"])
+    """Load the newest committed checkpoint that is sound into the run; return the data
+    position to go on from, or None to start afresh. One that fails to load is skipped for
+    the one before, as a damaged one is."""
+    rank = accelerator.process_index
+    unwrapped = accelerator.unwrap_model(model)
+    for checkpoint, record in checkpoints.verified([STATE_FILE, _rank_file(rank)]):
+        if record.get("world") != accelerator.num_processes:
+            log.warning(
+                "checkpoint at step %d was saved by %s process(es), this run has %d: skipped",
+                checkpoint.step,
+                record.get("world"),
+                accelerator.num_processes,
+            )
+            continue
+        try:
+            state, rank_state = _parse_checkpoint(checkpoint, record, unwrapped, rank)
+        except Exception as err:  # noqa: BLE001 - any failure means: not this checkpoint
+            log.warning(
+                "checkpoint at step %d does not load (%s: %s); skipped",
+                checkpoint.step,
+                type(err).__name__,
+                str(err).splitlines()[0][:200] if str(err) else "",
+            )
+            continue
+        unwrapped.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if accelerator.scaler is not None and state.get("scaler") is not None:
+            accelerator.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(rank_state["rng"])
+        for name in result.progress():
+            if name in state["result"]:
+                setattr(result, name, state["result"][name])
+        result.resumed_from = checkpoint.step
+        log.info("resuming from the checkpoint at step %d", checkpoint.step)
+        return StreamPosition(**rank_state["position"])
+    return None
 
 
 def resolve_mixed_precision(requested: str) -> str:

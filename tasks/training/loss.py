@@ -55,16 +55,24 @@ def normalized_weighted_loss(
 
 
 def resolve_key_tokens(tokenizer, words: list[str]) -> tuple[list[int], list[str]]:
-    """Token ids of the words and their space-prefixed forms that are single tokens.
+    """Token ids of the words and their space-prefixed forms that are single, ordinary tokens.
 
-    Returns the ids and the forms that are not single tokens (to warn about).
+    Returns the ids, and a note on each form left out (to warn about): empty words, forms that
+    are several tokens, and forms that map to the unknown or another special token (which
+    would up-weight every sample holding it, not the word).
     """
-    ids, missing = [], []
+    special = set(tokenizer.all_special_ids)
+    ids, dropped = [], []
     for word in words:
+        if not word.strip():
+            dropped.append(f"{word!r}: empty")
+            continue
         for form in (word, f" {word}"):
             encoded = tokenizer(form, add_special_tokens=False)["input_ids"]
-            if len(encoded) == 1:
-                ids.append(encoded[0])
+            if len(encoded) != 1:
+                dropped.append(f"{form!r}: {len(encoded)} tokens")
+            elif encoded[0] in special:
+                dropped.append(f"{form!r}: the unknown or a special token")
             else:
-                missing.append(form)
-    return sorted(set(ids)), missing
+                ids.append(encoded[0])
+    return sorted(set(ids)), dropped

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from storage.stages import MANIFEST_NAME, StageRef, read_manifest, read_part
+from storage.stages import MANIFEST_NAME, load_manifest
 from storage.store import Store
+from storage.verify import verify_store
 from tests.flows.test_pipeline import TINY
 
 pytestmark = pytest.mark.slow
@@ -42,15 +43,14 @@ def test_two_pipeline_runs_at_once_share_one_consistent_store(corpus_dir, tmp_pa
     manifests = [f for f in store.list_files("") if f.endswith(MANIFEST_NAME)]
     stages = [m.rsplit("/", 2)[0] for m in manifests]
     assert len(stages) == len(set(stages)) == 7  # one output per stage, none built twice
+    report = verify_store(store)  # every part whole and the one its manifest names
+    assert report.outputs == 7 and report.damage == []
     for manifest in manifests:
         stage, key = manifest.removesuffix(f"/{MANIFEST_NAME}").rsplit("/", 1)
-        ref = StageRef(stage=stage, key=key, store_url=store.url)
-        parts = read_manifest(ref).parts
-        for name in parts:
-            read_part(ref, name)  # every part is whole and the one its manifest names
+        parts = load_manifest(store, stage, key).parts
         leftovers = [
             f
-            for f in store.list_files(ref.prefix)
-            if f not in parts and not f.startswith(("_checkpoints/", "_prefect_result"))
+            for f in store.list_files(f"{stage}/{key}")
+            if f not in parts and not f.startswith("_checkpoints/")
         ]
         assert leftovers == [MANIFEST_NAME], leftovers

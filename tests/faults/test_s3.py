@@ -12,9 +12,8 @@ import pytest
 from flows.cli import main
 from storage.shards import load_token_shards
 from storage.stages import CorruptPartError, StageSpec, load_manifest, run_stage
-from storage.store import Store, StoreError, StoreUnavailableError
-from tasks.common import stage_task
-from tasks.tokenize import TokenizeConfig, tokenize_documents, tokenize_spec
+from storage.store import Store, StoreError, StoreUnavailableError, set_s3_credentials
+from tasks.tokenize import TOKENIZE, TokenizeConfig, tokenize_documents, tokenize_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 LOG = logging.getLogger("tests")
@@ -63,21 +62,32 @@ def test_wrong_credentials_fail_at_start_without_leaking_the_secret(
         assert secret not in text
 
 
-def _tokenize_stage(documents_ref, tokenizer_ref, tokenizer, store, progress=None):
+def _tokenize_stage(source, documents_ref, tokenizer_ref, tokenizer, store, progress=None):
+    """The tokenize stage reading documents from ``source`` and writing to ``store``."""
     config = TokenizeConfig(mode="packed", context_length=32, batch_size=2)
     spec = tokenize_spec(documents_ref, tokenizer_ref, config)
-    build = partial(tokenize_documents, documents_ref, tokenizer, config, progress=progress)
+    build = partial(tokenize_documents, source, documents_ref, tokenizer, config, progress=progress)
 
     # The pipeline's own task options: I/O faults are retried with backoff.
-    @stage_task("tokenize-under-test", None)
-    def tokenize():
+    @TOKENIZE.task
+    def tokenize_under_test():
         return run_stage(store, spec, build, LOG)
+
+    tokenize = tokenize_under_test
 
     return spec, tokenize
 
 
 def test_server_down_mid_stage_is_retried_until_it_is_back(
-    prefect_server, seaweedfs, s3_store, documents_ref, tokenizer_ref, tokenizer, store, caplog
+    prefect_server,
+    seaweedfs,
+    s3_store,
+    session_store,
+    documents_ref,
+    tokenizer_ref,
+    tokenizer,
+    store,
+    caplog,
 ):
     from prefect import flow
 
@@ -92,7 +102,9 @@ def test_server_down_mid_stage_is_retried_until_it_is_back(
             timer = threading.Timer(12.0, lambda: restarted.append(seaweedfs.start()))
             timer.start()
 
-    spec, tokenize = _tokenize_stage(documents_ref, tokenizer_ref, tokenizer, s3_store, stop_once)
+    spec, tokenize = _tokenize_stage(
+        session_store, documents_ref, tokenizer_ref, tokenizer, s3_store, stop_once
+    )
     try:
         with caplog.at_level(logging.INFO):
             ref = flow(tokenize)()
@@ -102,18 +114,22 @@ def test_server_down_mid_stage_is_retried_until_it_is_back(
     assert outage.is_set() and restarted
     assert "cannot reach the store" in caplog.text
     assert "resuming after" in caplog.text
-    reference = _tokenize_stage(documents_ref, tokenizer_ref, tokenizer, store)[1].fn()
+    reference = _tokenize_stage(session_store, documents_ref, tokenizer_ref, tokenizer, store)[
+        1
+    ].fn()
     assert ref.counts == reference.counts
     s3_parts = load_manifest(s3_store, spec.stage, spec.key).parts
     assert s3_parts == load_manifest(store, spec.stage, spec.key).parts
 
 
 def test_server_that_stays_down_fails_clearly_and_commits_nothing(
-    prefect_server, seaweedfs, s3_store, documents_ref, tokenizer_ref, tokenizer
+    prefect_server, seaweedfs, s3_store, session_store, documents_ref, tokenizer_ref, tokenizer
 ):
     from prefect import flow
 
-    spec, tokenize = _tokenize_stage(documents_ref, tokenizer_ref, tokenizer, s3_store)
+    spec, tokenize = _tokenize_stage(
+        session_store, documents_ref, tokenizer_ref, tokenizer, s3_store
+    )
     seaweedfs.stop()
     try:
         with pytest.raises(StoreUnavailableError, match="cannot reach the store.*server is up"):
@@ -123,15 +139,19 @@ def test_server_that_stays_down_fails_clearly_and_commits_nothing(
     assert load_manifest(s3_store, spec.stage, spec.key) is None
 
 
-def test_corrupted_part_on_s3_is_named(s3_store, documents_ref, tokenizer_ref, tokenizer):
-    spec, tokenize = _tokenize_stage(documents_ref, tokenizer_ref, tokenizer, s3_store)
+def test_corrupted_part_on_s3_is_named(
+    s3_store, session_store, documents_ref, tokenizer_ref, tokenizer
+):
+    spec, tokenize = _tokenize_stage(
+        session_store, documents_ref, tokenizer_ref, tokenizer, s3_store
+    )
     ref = tokenize.fn()
     name = sorted(p for p in load_manifest(s3_store, spec.stage, spec.key).parts if "train" in p)[0]
     data = bytearray(s3_store.read_bytes(f"{ref.prefix}/{name}"))
     data[-100] ^= 0xFF
     s3_store.write_bytes(f"{ref.prefix}/{name}", bytes(data))
     with pytest.raises(CorruptPartError, match=f"{name} is corrupt"):
-        load_token_shards(ref, "train")
+        load_token_shards(s3_store, ref, "train")
 
 
 def test_two_runs_of_one_stage_at_once_build_it_once(s3_store):
@@ -160,7 +180,7 @@ def test_two_runs_of_one_stage_at_once_build_it_once(s3_store):
 
 
 def test_credentials_from_a_prefect_block(prefect_server, seaweedfs, s3_store, monkeypatch):
-    from storage.credentials import S3StoreCredentials, load_s3_credentials
+    from tasks.credentials import S3StoreCredentials, load_s3_credentials, use_credentials_block
 
     S3StoreCredentials(
         access_key_id=seaweedfs.access_key, secret_access_key=seaweedfs.secret_key
@@ -169,7 +189,11 @@ def test_credentials_from_a_prefect_block(prefect_server, seaweedfs, s3_store, m
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     monkeypatch.setenv("CODEPARROT_S3_CREDENTIALS_BLOCK", "test-s3")
     load_s3_credentials.cache_clear()
-    Store(s3_store.url).check_access()
-    monkeypatch.setenv("CODEPARROT_S3_CREDENTIALS_BLOCK", "no-such-block")
-    with pytest.raises(StoreError, match="no S3 credentials block named 'no-such-block'"):
-        Store(s3_store.url)
+    try:
+        use_credentials_block()
+        Store(s3_store.url).check_access()
+        monkeypatch.setenv("CODEPARROT_S3_CREDENTIALS_BLOCK", "no-such-block")
+        with pytest.raises(StoreError, match="no S3 credentials block named 'no-such-block'"):
+            use_credentials_block()
+    finally:
+        set_s3_credentials(None)

@@ -17,8 +17,9 @@ import pytest
 
 from storage.stages import CHECKPOINTS_DIR, load_manifest, run_stage
 from tasks.tokenize import TokenizeConfig, tokenize_documents, tokenize_spec
-from tasks.train import train_from_shards, train_spec
+from tasks.train import train_spec
 from tasks.training.config import ModelConfig, TrainConfig
+from tasks.training_run import train_from_shards
 
 pytestmark = pytest.mark.slow
 LOG = logging.getLogger("tests")
@@ -47,12 +48,13 @@ def _kill_when(child: subprocess.Popen, ready, timeout: float = 120) -> None:
 
 
 def test_tokenize_killed_mid_stage_resumes_to_the_same_result(
-    documents_ref, tokenizer_ref, tokenizer, store, tmp_path, caplog
+    documents_ref, tokenizer_ref, tokenizer, session_store, data_store, tmp_path, caplog
 ):
+    store = data_store  # the child reads its inputs from the store it writes to
     config = TokenizeConfig(mode="packed", context_length=32, batch_size=2)
     spec = tokenize_spec(documents_ref, tokenizer_ref, config)
     reference_store = type(store)(str(tmp_path / "reference"))
-    build = partial(tokenize_documents, documents_ref, tokenizer, config)
+    build = partial(tokenize_documents, session_store, documents_ref, tokenizer, config)
     reference = run_stage(reference_store, spec, build, LOG)
 
     args = {
@@ -92,10 +94,13 @@ MODEL = ModelConfig(n_layer=1, n_embd=32, n_head=2, dropout=0.1)
 
 
 def test_training_killed_mid_run_resumes_exactly(
-    tokens_ref, tokenizer_ref, store, tmp_path, caplog
+    tokens_ref, tokenizer_ref, session_store, data_store, tmp_path, caplog
 ):
+    store = data_store
     spec = train_spec(tokens_ref, tokenizer_ref, MODEL, TRAIN)
-    build = partial(train_from_shards, tokens_ref, tokenizer_ref, MODEL, TRAIN, log=LOG)
+    build = partial(
+        train_from_shards, session_store, tokens_ref, tokenizer_ref, MODEL, TRAIN, log=LOG
+    )
     reference_store = type(store)(str(tmp_path / "reference"))
     run_stage(reference_store, spec, build, LOG)
 

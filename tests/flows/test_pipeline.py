@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
+import shutil
 
 import pytest
 from transformers import pipeline
@@ -12,7 +14,7 @@ from transformers import pipeline
 from flows.cli import main
 from flows.config import build_config
 from flows.pipeline import codeparrot_pipeline
-from storage.stages import MANIFEST_NAME, RESULT_RECORD
+from storage.stages import MANIFEST_NAME
 from storage.store import Store
 from tasks.publish import latest_model, published_folder
 
@@ -64,13 +66,13 @@ def test_pipeline_end_to_end_then_cached(prefect_server, corpus_dir, any_store, 
 
     assert result["perplexity"] < result["untrained_perplexity"] / 4
     assert isinstance(result["scatter_completion"], str)
-    folder = published_folder(latest_model(store, "codeparrot-ds"))
+    folder = published_folder(store, latest_model(store, "codeparrot-ds"))
     for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json"):
         assert (folder / name).is_file(), name
     card = (folder / "README.md").read_text()
     assert "perplexity" in card and "# create scatter plot with x, y" in card
     latest = store.read_json("models/codeparrot-ds/LATEST")
-    assert latest["uri"] == result["model_uri"]
+    assert store.uri(latest["path"]) == result["model_uri"]
 
     generator = pipeline("text-generation", model=str(folder))
     output = generator("import pandas as pd\n", max_new_tokens=5)[0]["generated_text"]
@@ -83,22 +85,15 @@ def test_pipeline_end_to_end_then_cached(prefect_server, corpus_dir, any_store, 
         for rel in store.list_files(""):
             assert secret.encode() not in store.read_bytes(rel), rel
 
-    # The same config again: Prefect's cached results, kept in the store, skip every stage.
+    # The same config again: every stage finds its committed manifest; nothing is rebuilt.
     before = _manifest_times(store, result["stages"])
     caplog.clear()
-    again = codeparrot_pipeline(config=_config(corpus_dir), store_url=store.url)
-    # filter, tokenizer, tokenize, train, evaluate (corpus and publish always look again)
-    assert caplog.text.count("Finished in state Cached") == 5
+    with caplog.at_level(logging.INFO):
+        again = codeparrot_pipeline(config=_config(corpus_dir), store_url=store.url)
+    assert caplog.text.count("found committed output") == 7
+    assert "building" not in caplog.text
     assert again["stages"] == result["stages"]
     assert _manifest_times(store, again["stages"]) == before
-
-    # As on a new machine whose Prefect has no cache: the manifests alone skip every stage.
-    for rel in store.list_files(""):
-        if rel.endswith(RESULT_RECORD):
-            store.remove(rel)
-    fresh = codeparrot_pipeline(config=_config(corpus_dir), store_url=store.url)
-    assert fresh["stages"] == result["stages"]
-    assert _manifest_times(store, fresh["stages"]) == before
 
     # Only a training parameter changes: every data stage is reused.
     changed = codeparrot_pipeline(
@@ -107,6 +102,45 @@ def test_pipeline_end_to_end_then_cached(prefect_server, corpus_dir, any_store, 
     for stage in ("corpus", "documents", "tokenizer", "tokens"):
         assert changed["stages"][stage] == result["stages"][stage]
     assert changed["stages"]["training"] != result["stages"]["training"]
+
+
+class _Planted:
+    """A pickle that runs a command when loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_copied_store_with_planted_pickles_reruns_from_its_own_manifests(
+    prefect_server, corpus_dir, tmp_path, caplog
+):
+    original = Store(str(tmp_path / "original"))
+    first = codeparrot_pipeline(config=_config(corpus_dir), store_url=original.url)
+    # Moved to another place, the original deleted: references are relative to the store.
+    shutil.copytree(original.local_file(""), tmp_path / "copy")
+    shutil.rmtree(original.local_file(""))
+    copy = Store(str(tmp_path / "copy"))
+    # Whoever can write to a shared store plants pickles where Prefect kept its result
+    # records, and beside every object: nothing reads them.
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Planted(marker))
+    for rel in copy.list_files(""):
+        if rel.endswith(MANIFEST_NAME):
+            folder = rel.removesuffix(MANIFEST_NAME)
+            copy.write_bytes(f"{folder}_prefect_result", payload)
+            copy.write_bytes(f"{folder}_result.pickle", payload)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        again = codeparrot_pipeline(config=_config(corpus_dir), store_url=copy.url)
+    assert not marker.exists()
+    assert caplog.text.count("found committed output") == 7
+    assert {k: v.removeprefix(copy.url) for k, v in again["stages"].items()} == {
+        k: v.removeprefix(original.url) for k, v in first["stages"].items()
+    }
+    assert main(["generate", "import pandas as pd", "--store", copy.url]) == 0
 
 
 def test_cli_reports_an_empty_corpus_clearly(prefect_server, tmp_path, capsys):

@@ -21,6 +21,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun
 
+from deployments.seaweedfs import HOST, free_ports
 from deployments.stack import (
     WORK_POOLS,
     create_work_pools,
@@ -37,9 +38,8 @@ from flows.artifacts import (
     MODEL_KEY,
     SAMPLES_KEY,
 )
-from storage.seaweedfs import HOST, free_ports
 from tasks.progress import PROGRESS_KEY
-from tasks.train import training_request
+from tasks.training_run import training_request
 from tests.flows.test_pipeline import _config
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -154,7 +154,7 @@ def test_pipeline_deployment_runs_on_workers_and_reports_to_the_ui(stack, corpus
     assert nightly.work_pool_name == "cpu"
 
 
-def test_a_second_training_run_waits_for_the_first(stack, tokens_ref, tokenizer_ref):
+def test_a_second_training_run_waits_for_the_first(stack, session_store, tokens_ref, tokenizer_ref):
     client, root = stack
     config = _config("unused")
     runs = [
@@ -166,7 +166,7 @@ def test_a_second_training_run_waits_for_the_first(stack, tokens_ref, tokenizer_
                 tokenizer_ref,
                 config.model,
                 config.train.model_copy(update={"seed": seed}),
-                tokens_ref.store_url,
+                session_store.url,
             ),
         )
         for seed in (1, 2)

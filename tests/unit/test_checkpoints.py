@@ -95,3 +95,57 @@ def test_half_written_or_damaged_checkpoints_are_ignored(store):
     resumed = _train(store)
     assert resumed.resumed_from == 5
     assert resumed.steps == 16
+
+
+class _Planted:
+    """A pickle that runs a command when loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("crafted", ["pickle", "shapes", "commit record"])
+def test_a_crafted_checkpoint_is_skipped_for_the_one_before(store, tmp_path, caplog, crafted):
+    import hashlib
+    import io
+    import json
+
+    import torch
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(store, crash_at=12)
+    marker = tmp_path / "pwned"
+    folder = "ckpt/step-00000010"
+    if crafted == "commit record":
+        store.write_bytes(f"{folder}/_commit.json", b"\x00 not json")
+    else:
+        if crafted == "pickle":
+            buffer = io.BytesIO()
+            torch.save({"model": _Planted(marker)}, buffer)  # what weights_only refuses
+            data = buffer.getvalue()
+        else:
+            state = torch.load(
+                io.BytesIO(store.read_bytes(f"{folder}/state.pt")), weights_only=True
+            )
+            state["model"] = {k: v[:1] for k, v in state["model"].items()}  # wrong shapes
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            data = buffer.getvalue()
+        # Committed as whole: the record's checksum matches the crafted file.
+        store.write_bytes(f"{folder}/state.pt", data)
+        record = json.loads(store.read_bytes(f"{folder}/_commit.json"))
+        record["files"]["state.pt"] = {
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        store.write_json(f"{folder}/_commit.json", record)
+    with caplog.at_level(logging.WARNING):
+        resumed = _train(store)
+    assert not marker.exists()
+    assert resumed.resumed_from == 5 and resumed.steps == 16
+    assert "skipped" in caplog.text

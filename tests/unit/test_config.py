@@ -62,3 +62,48 @@ def test_unknown_preset_and_bad_file(tmp_path):
     bad.write_text("train = [")
     with pytest.raises(ConfigError, match="not valid"):
         build_config(config_file=str(bad))
+
+
+def test_an_override_that_is_not_yaml_is_one_clear_line(tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["run", "--set", "train.key_tokens=[plt, pd", "--store", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not valid YAML" in err and "train.key_tokens" in err
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("binary.yaml", b"\x89PNG\r\n\x1a\n\x00\xff", "is not UTF-8 text"),
+        ("broken.yaml", b"train: [1, 2\n", "is not valid"),
+        ("broken.toml", b"[train\n", "is not valid"),
+        ("broken.json", b"{", "is not valid"),
+    ],
+)
+def test_a_config_file_that_does_not_parse_is_one_clear_line(
+    tmp_path, capsys, name, content, message
+):
+    from flows.cli import main
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert main(["run", "--config", str(path), "--store", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and str(path) in err
+
+
+def test_every_stage_is_declared_once_with_its_config_sections():
+    from flows.config import PipelineConfig
+    from tasks.corpus import CORPUS
+    from tasks.evaluate import EVALUATE
+    from tasks.filtering import FILTER
+    from tasks.publish import PUBLISH
+    from tasks.tokenize import TOKENIZE
+    from tasks.tokenizer import TOKENIZER
+    from tasks.train import TRAIN
+
+    stages = [CORPUS, FILTER, TOKENIZER, TOKENIZE, TRAIN, EVALUATE, PUBLISH]
+    sections = [section for stage in stages for section in stage.config_sections]
+    assert sorted(sections) == sorted(PipelineConfig.model_fields)  # each section, once
+    assert len({stage.name for stage in stages}) == len(stages)

@@ -21,7 +21,7 @@ def _read(store, config):
     params = {"config": config.model_dump(mode="json"), "fingerprint": snapshot.fingerprint()}
     ref = run_stage(store, StageSpec.of("corpus", params, {}, "t"), snapshot.write, LOG)
     stats = ReadStats()
-    return list(iter_documents(ref, stats)), stats
+    return list(iter_documents(store, ref, stats)), stats
 
 
 def test_bad_files_are_skipped_and_counted(tmp_path, store):
@@ -39,7 +39,7 @@ def test_bad_files_are_skipped_and_counted(tmp_path, store):
     ref = run_stage(store, spec, snapshot.write, LOG)
     (root / "vanishing.py").unlink()  # deleted after the listing: unreadable when streamed
     stats = ReadStats()
-    docs = list(iter_documents(ref, stats))
+    docs = list(iter_documents(store, ref, stats))
     assert [d.id for d in docs] == ["good.py"]
     assert stats["skipped_binary"] == 1
     assert stats["skipped_non_utf8"] == 1
@@ -92,3 +92,66 @@ def test_hub_source_fails_fast_offline(monkeypatch):
     with pytest.raises(CorpusError, match="could not reach the Hugging Face Hub"):
         take_snapshot(CorpusConfig(source="hub"))
     assert time.perf_counter() - started < 30  # fails fast, not after minutes of retries
+
+
+def test_fifos_outside_links_and_undecodable_names_are_skipped_and_counted(tmp_path, store):
+    import os
+
+    root = tmp_path / "code"
+    (root / "pkg").mkdir(parents=True)
+    outside = tmp_path / "secret.py"
+    outside.write_text("import pandas as pd  # outside the root\n")
+    (root / "good.py").write_text("import pandas as pd\n")
+    (root / "pkg" / "inside_target.py").write_text("import seaborn as sns\n")
+    os.symlink(root / "pkg" / "inside_target.py", root / "inside_link.py")
+    os.symlink(outside, root / "outside_link.py")
+    os.mkfifo(root / "pipe.py")  # reading it would block forever
+    bad_name = os.path.join(os.fsencode(root), b"caf\xe9.py")  # not UTF-8
+    with open(bad_name, "wb") as f:
+        f.write(b"import pandas as pd\n")
+
+    config = CorpusConfig(roots=[str(root)])
+    snapshot = take_snapshot(config)
+    assert snapshot.skipped == {
+        "skipped_outside_link": 1,
+        "skipped_not_regular": 1,
+        "skipped_bad_name": 1,
+    }
+    docs, stats = _read(store, config)
+    assert sorted(d.id for d in docs) == ["good.py", "inside_link.py", "pkg/inside_target.py"]
+    corpus_counts = run_stage(
+        store,
+        StageSpec.of("corpus", {"config": config.model_dump(), "x": 1}, {}, "t"),
+        snapshot.write,
+        LOG,
+    ).counts
+    assert corpus_counts["skipped_not_regular"] == 1 and corpus_counts["files"] == 3
+
+    followed, _ = _read(store, CorpusConfig(roots=[str(root)], follow_outside_links=True))
+    assert "outside_link.py" in {d.id for d in followed}
+
+
+def test_a_file_swapped_for_a_fifo_after_the_listing_is_skipped(tmp_path, store):
+    import os
+
+    root = tmp_path / "code"
+    root.mkdir()
+    (root / "a.py").write_text("import pandas as pd\n")
+    (root / "b.py").write_text("import pandas as pd\nx = 1\n")
+    config = CorpusConfig(roots=[str(root)])
+    snapshot = take_snapshot(config)
+    params = {"config": config.model_dump(mode="json"), "fingerprint": snapshot.fingerprint()}
+    ref = run_stage(store, StageSpec.of("corpus", params, {}, "t"), snapshot.write, LOG)
+    (root / "b.py").unlink()
+    os.mkfifo(root / "b.py")
+    stats = ReadStats()
+    assert [d.id for d in iter_documents(store, ref, stats)] == ["a.py"]
+    assert stats["skipped_not_regular"] == 1
+
+
+def test_a_data_file_that_is_not_regular_is_refused(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "data.jsonl")
+    with pytest.raises(CorpusError, match="not a regular, readable file"):
+        take_snapshot(CorpusConfig(source="data_files", data_files=[str(tmp_path / "data.jsonl")]))

@@ -73,7 +73,21 @@ def test_course_loss_matches_the_course_implementation():
 
 
 def test_key_tokens_keep_only_single_tokens(tokenizer):
-    ids, missing = resolve_key_tokens(tokenizer, ["pd", "zzqxj"])
-    assert "zzqxj" in missing and " zzqxj" in missing
+    ids, dropped = resolve_key_tokens(tokenizer, ["pd", "zzqxj"])
+    assert "'zzqxj': 5 tokens" in dropped and "' zzqxj': 6 tokens" in dropped
     for token_id in ids:
         assert len(tokenizer.decode([token_id]).strip()) > 0
+
+
+def test_empty_and_unknown_key_tokens_are_never_counted(tokenizer):
+    from tasks.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match="empty key token"):
+        TrainConfig(key_tokens=["plt", ""])
+    # A word that is the unknown (here also end-of-text) token would up-weight every sample
+    # that holds it, and an empty word every space: neither gets an id.
+    ids, dropped = resolve_key_tokens(tokenizer, ["", "  ", "<|endoftext|>"])
+    assert ids == []
+    assert "'': empty" in dropped and "'  ': empty" in dropped
+    assert "'<|endoftext|>': the unknown or a special token" in dropped
+    assert tokenizer.eos_token_id not in resolve_key_tokens(tokenizer, ["pd", "plt"])[0]

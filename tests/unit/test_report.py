@@ -30,8 +30,8 @@ def test_data_report_counts_every_kind_of_skipped_file_and_the_shards():
     )
     for line in [
         "| files seen by the filter | 140 |",
-        "| skipped: too large | 2 |",
-        "| skipped: non utf8 | 1 |",
+        "| skipped when reading: too large | 2 |",
+        "| skipped when reading: non utf8 | 1 |",
         "| dropped: duplicates | 3 |",
         "| kept | 113 |",
         "| train tokens | 38,570 |",

@@ -118,12 +118,13 @@ def test_corrupted_part_is_a_clear_error_naming_it(store):
     from storage.stages import CorruptPartError, part_file, read_part
 
     ref = run_stage(store, SPEC, _builder([]), LOG)
-    assert read_part(ref, "a.txt") == b"hello"
+    assert read_part(store, ref, "a.txt") == b"hello"
     path = store.local_file(f"{ref.prefix}/a.txt")
     path.write_bytes(b"jello")
+    where = store.uri(ref.prefix)
     for read in (read_part, part_file):
-        with pytest.raises(CorruptPartError, match=rf"{ref.uri}/a.txt is corrupt.*delete"):
-            read(ref, "a.txt")
+        with pytest.raises(CorruptPartError, match=rf"{where}/a.txt is corrupt.*delete"):
+            read(store, ref, "a.txt")
 
 
 def test_a_second_builder_waits_for_the_first_and_reuses_its_output(store):

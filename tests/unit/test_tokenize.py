@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from storage.shards import TokenShardWriter, load_token_shards, token_dtype
 from storage.stages import StageRef, StageWriter
@@ -31,10 +32,14 @@ def course_tokenize(tokenizer, contents: list[str], context_length: int) -> list
     return input_batch
 
 
-def test_course_mode_matches_the_course_function(tokenizer, documents_ref):
+def test_course_mode_matches_the_course_function(tokenizer, documents_ref, session_store):
     from storage.shards import iter_document_batches
 
-    contents = [text for batch in iter_document_batches(documents_ref, "train") for text in batch]
+    contents = [
+        text
+        for batch in iter_document_batches(session_store, documents_ref, "train")
+        for text in batch
+    ]
     for context_length in (16, 128):
         expected = course_tokenize(tokenizer, contents, context_length)
         # the course's call above leaves truncation on in the backend: ours must not be cut short
@@ -57,7 +62,7 @@ def test_course_chunks_drop_short_files_and_tails():
 
 
 def test_shards_round_trip_as_uint16(store):
-    writer = StageWriter(store, "tokens", "k")
+    writer = StageWriter(store, "tokens", "0" * 20)
     shards = TokenShardWriter(writer, "train", 8, token_dtype(50_000), rows=3)
     data = np.arange(7 * 8).reshape(7, 8)
     shards.add(data[:5])
@@ -65,10 +70,10 @@ def test_shards_round_trip_as_uint16(store):
     shards.flush()
     assert shards.shard_rows == [3, 3, 1]
     store.write_json(
-        "tokens/k/_manifest.json",
+        f"tokens/{'0' * 20}/_manifest.json",
         {
             "stage": "tokens",
-            "key": "k",
+            "key": "0" * 20,
             "code_version": "t",
             "params": {},
             "inputs": {},
@@ -77,16 +82,16 @@ def test_shards_round_trip_as_uint16(store):
             "created_at": "now",
         },
     )
-    arrays = load_token_shards(StageRef(stage="tokens", key="k", store_url=store.url), "train")
+    arrays = load_token_shards(store, StageRef(stage="tokens", key="0" * 20), "train")
     assert all(a.dtype == np.uint16 for a in arrays)
     assert np.concatenate(arrays).tolist() == data.tolist()
     assert token_dtype(70_000) == np.uint32
 
 
-def test_tokenize_documents_counts_both_splits(tokenizer, documents_ref, store):
-    writer = StageWriter(store, "tokens", "k")
+def test_tokenize_documents_counts_both_splits(tokenizer, documents_ref, data_store):
+    writer = StageWriter(data_store, "tokens", "0" * 20)
     config = TokenizeConfig(mode="packed", context_length=32, rows_per_shard=50)
-    counts = tokenize_documents(documents_ref, tokenizer, config, writer)
+    counts = tokenize_documents(data_store, documents_ref, tokenizer, config, writer)
     for split in ("train", "valid"):
         # packed: every file plus one EOS, cut into rows; only the final remainder is dropped
         assert (
@@ -94,3 +99,47 @@ def test_tokenize_documents_counts_both_splits(tokenizer, documents_ref, store):
             == (counts[f"{split}_tokens"] + counts[f"{split}_documents"]) // 32
         )
         assert counts[f"{split}_shards"] >= 1
+
+
+def _sparse_tokenizer(top_id: int):
+    """A word-level tokenizer of four words whose last id is ``top_id``: len() is 4."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0, "pandas": 1, "plt": 2, "seaborn": top_id}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
+
+
+def test_ids_above_uint16_are_kept_in_uint32_shards(store):
+    from tasks.tokenizer import token_id_bound
+
+    tokenizer = _sparse_tokenizer(70_000)
+    assert len(tokenizer) <= 1 << 16  # what the dtype used to be sized from
+    bound = token_id_bound(tokenizer)
+    assert bound == 70_001
+    writer = StageWriter(store, "tokens", "0" * 20)
+    shards = TokenShardWriter(writer, "train", 4, token_dtype(bound), rows=10)
+    ids = encode_batch(tokenizer, ["seaborn pandas plt seaborn"])
+    shards.add(np.asarray(ids))
+    shards.flush()
+    assert shards.dtype == np.uint32
+    import pyarrow.ipc as ipc
+
+    table = ipc.open_file(store.local_file(f"tokens/{'0' * 20}/train/shard-00000.arrow")).read_all()
+    assert table.column("input_ids").to_pylist() == [[70_000, 1, 2, 70_000]]
+
+
+def test_an_id_that_does_not_fit_is_an_error_naming_the_tokenizer(store):
+    from storage.shards import TokenRangeError
+
+    writer = StageWriter(store, "tokens", "0" * 20)
+    shards = TokenShardWriter(
+        writer, "train", 4, np.dtype(np.uint16), rows=10, source="tokenizer 'sparse'"
+    )
+    with pytest.raises(TokenRangeError, match="tokenizer 'sparse' emitted token id 70,000"):
+        shards.add(np.asarray([[70_000, 1, 2, 3]]))
+    assert not writer.parts  # nothing written, nothing wrapped

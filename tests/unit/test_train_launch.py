@@ -8,9 +8,10 @@ from functools import partial
 import pytest
 
 from storage.stages import read_part, run_stage
-from tasks.train import HISTORY_PART, build_training, train_spec
+from tasks.train import build_training, train_spec
 from tasks.train_launch import PROGRESS_MARK, TrainingLaunchError, forward_output
 from tasks.training.config import ModelConfig, TrainConfig
+from tasks.training_run import HISTORY_PART
 
 LOG = logging.getLogger("test_train_launch")
 MODEL = ModelConfig(n_layer=1, n_embd=32, n_head=2, dropout=0.0)
@@ -46,11 +47,13 @@ def test_forward_output_logs_lines_and_hands_over_progress(caplog):
 
 
 def test_two_processes_train_one_model_and_report_through_the_caller(
-    tokens_ref, tokenizer_ref, store, caplog
+    tokens_ref, tokenizer_ref, data_store, caplog
 ):
+    store = data_store
     progress = []
     build = partial(
         build_training,
+        store,
         tokens_ref,
         tokenizer_ref,
         MODEL,
@@ -70,13 +73,14 @@ def test_two_processes_train_one_model_and_report_through_the_caller(
     # 4 seqs * 2 accumulation * 2 processes per optimizer step.
     assert ref.counts["tokens"] == 12 * 4 * 2 * 2 * 32
     assert [p["step"] for p in progress] == [3, 6, 9, 12]
-    history = read_part(ref, HISTORY_PART)
+    history = read_part(store, ref, HISTORY_PART)
     assert b'"valid_loss"' in history
-    assert any(name.startswith("model/") for name in ref.store().list_files(ref.prefix))
+    assert any(name.startswith("model/") for name in store.list_files(ref.prefix))
 
 
-def test_a_failing_launched_run_is_an_error_naming_the_fix(tokens_ref, tokenizer_ref, store):
+def test_a_failing_launched_run_is_an_error_naming_the_fix(tokens_ref, tokenizer_ref, data_store):
+    store = data_store
     broken = TRAIN.model_copy(update={"batch_size": 10_000})  # no full optimizer step
-    build = partial(build_training, tokens_ref, tokenizer_ref, MODEL, broken, log=LOG)
+    build = partial(build_training, store, tokens_ref, tokenizer_ref, MODEL, broken, log=LOG)
     with pytest.raises(TrainingLaunchError, match="train.processes=1"):
         run_stage(store, train_spec(tokens_ref, tokenizer_ref, MODEL, broken), build, LOG)

@@ -1,18 +1,20 @@
 """S3 credentials kept in a Prefect block, so that workers need no secrets in their environment.
 
 Save once (``S3StoreCredentials(access_key_id=..., secret_access_key=...).save("name")``) and
-set ``CODEPARROT_S3_CREDENTIALS_BLOCK=name`` where the pipeline runs.
+set ``CODEPARROT_S3_CREDENTIALS_BLOCK=name`` where the pipeline runs. The flow loads the block
+at its start and hands the keys to the store layer, which imports no Prefect.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 from prefect.blocks.core import Block
 from pydantic import SecretStr
 
-from storage.store import StoreError
+from storage.store import S3_CREDENTIALS_BLOCK_ENV, StoreError, set_s3_credentials
 
 
 class S3StoreCredentials(Block):
@@ -37,7 +39,7 @@ def load_s3_credentials(block_name: str) -> dict[str, Any]:
     except ValueError as err:
         raise StoreError(
             f"no S3 credentials block named {block_name!r} on the Prefect server; save one "
-            "with storage.credentials.S3StoreCredentials(...).save(name)"
+            "with tasks.credentials.S3StoreCredentials(...).save(name)"
         ) from err
     options: dict[str, Any] = {
         "key": block.access_key_id,
@@ -46,3 +48,9 @@ def load_s3_credentials(block_name: str) -> dict[str, Any]:
     if block.session_token is not None:
         options["token"] = block.session_token.get_secret_value()
     return options
+
+
+def use_credentials_block() -> None:
+    """Give the store the block named by ``$CODEPARROT_S3_CREDENTIALS_BLOCK``, if it is set."""
+    block_name = os.environ.get(S3_CREDENTIALS_BLOCK_ENV)
+    set_s3_credentials(load_s3_credentials(block_name) if block_name else None)

@@ -1,0 +1,132 @@
+"""Training one GPT-2 from the store's token shards, in this process (or one launched rank).
+
+No Prefect here: the stage's task (``tasks.train``) and the multi-process launcher
+(``tasks.train_launch``) both call ``train_from_shards``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from storage.shards import load_token_shards
+from storage.stages import CHECKPOINTS_DIR, StageRef, StageWriter, part_folder
+from storage.store import Store
+from tasks.progress import ProgressCallback
+from tasks.tokenizer import load_stage_tokenizer, token_id_bound
+from tasks.training.checkpoint import CheckpointStore
+from tasks.training.config import ModelConfig, TrainConfig
+from tasks.training.data import TokenRows
+from tasks.training.loop import make_accelerator, train_model_loop
+from tasks.training.loss import resolve_key_tokens
+from tasks.training.model import build_model, gpt2_config
+
+MODEL_DIR = "model"
+HISTORY_PART = "history.json"
+
+
+def check_token_range(train_rows: TokenRows, valid_rows: TokenRows, vocab_size: int) -> None:
+    """Every token id in the shards must be a row of the model's embedding."""
+    for rows in (train_rows, valid_rows):
+        for array in rows.arrays:
+            if array.size and int(np.max(array)) >= vocab_size:
+                raise ValueError(
+                    f"the token shards hold id {int(np.max(array)):,}, but the tokenizer "
+                    f"declares only {vocab_size:,} ids; retokenize with this tokenizer"
+                )
+
+
+def train_from_shards(
+    store: Store,
+    tokens: StageRef,
+    tokenizer_ref: StageRef,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    writer: StageWriter,
+    log,
+    on_progress: ProgressCallback | None = None,
+) -> dict:
+    """Build a fresh GPT-2, train it on the token shards, and write it with its history.
+
+    The inputs are read from ``store``; the model, history and checkpoints go to ``writer``.
+    In a multi-process run every process calls this; only the main process writes the model
+    and returns the counts (the others return an empty dict).
+    """
+    tokenizer = load_stage_tokenizer(store, tokenizer_ref)
+    keytoken_ids, dropped = resolve_key_tokens(tokenizer, train_config.key_tokens)
+    if dropped:
+        log.warning("key tokens not up-weighted: %s", "; ".join(dropped))
+    log.info("key token ids: %s", keytoken_ids)
+    train_rows = TokenRows(load_token_shards(store, tokens, "train"))
+    valid_rows = TokenRows(load_token_shards(store, tokens, "valid"))
+    vocab_size = token_id_bound(tokenizer)
+    check_token_range(train_rows, valid_rows, vocab_size)
+    config = gpt2_config(
+        model_config, vocab_size, train_rows.context_length, tokenizer.eos_token_id
+    )
+    accelerator = make_accelerator(train_config)
+    model = build_model(config, train_config.seed)
+    parameters = sum(p.numel() for p in model.parameters())
+    log.info("GPT-2 with %.1fM parameters, %d training rows", parameters / 1e6, len(train_rows))
+    # Checkpoints live beside the output being built, which may be in another store than
+    # the inputs (a test's reference run, say).
+    checkpoints = CheckpointStore(
+        writer.store, f"{writer.prefix}/{CHECKPOINTS_DIR}", train_config.keep_checkpoints, log
+    )
+    result = train_model_loop(
+        model,
+        train_rows,
+        valid_rows,
+        keytoken_ids,
+        train_config,
+        accelerator,
+        log,
+        checkpoints,
+        on_progress,
+    )
+    if not accelerator.is_main_process:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="model-") as folder:
+        accelerator.unwrap_model(model).save_pretrained(folder)
+        writer.put_dir(folder, MODEL_DIR)
+    writer.write_json(HISTORY_PART, {"train": result.history, "valid": result.evals})
+    return {
+        "parameters": parameters,
+        "processes": accelerator.num_processes,
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "train_seconds": round(result.seconds, 2),
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "final_train_loss": result.history[-1]["loss"],
+        "final_valid_loss": result.evals[-1]["valid_loss"],
+        "mixed_precision": result.mixed_precision,
+        "checkpoints": result.checkpoints,
+        "checkpoint_seconds": round(result.checkpoint_seconds, 2),
+        "resumed_from_step": result.resumed_from,
+        "keytoken_ids": keytoken_ids,
+    }
+
+
+def training_request(
+    tokens: StageRef,
+    tokenizer: StageRef,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    store_url: str,
+) -> dict:
+    """A training run's inputs as plain JSON: the training flow's parameters, and what a
+    launched training process reads."""
+    return {
+        "tokens": tokens.model_dump(mode="json"),
+        "tokenizer": tokenizer.model_dump(mode="json"),
+        "model": model_config.model_dump(mode="json"),
+        "train": train_config.model_dump(mode="json"),
+        "store_url": store_url,
+    }
+
+
+def model_folder(store: Store, ref: StageRef) -> Path:
+    """A local folder holding the weights and config of a committed training stage."""
+    return part_folder(store, ref, MODEL_DIR)

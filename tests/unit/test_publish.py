@@ -1,0 +1,56 @@
+"""The model card shows prompts, completions and config text literally; generate's errors."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from markdown_it import MarkdownIt
+
+from storage.stages import StageRef, StageSpec, run_stage
+from tasks.publish import model_card
+
+LOG = logging.getLogger("tests")
+HOSTILE = "```\n<script>alert(1)</script>\n| a | b |\n[click](javascript:alert(1))\n````"
+
+
+def _sources(store):
+    counts = {"train_seconds": 1.0, "tokens_per_second": 2.0, "steps": 3, "tokens": 4}
+    spec = StageSpec.of("train", {"note": HOSTILE}, {}, "t")
+    training = run_stage(store, spec, lambda writer: {**counts, "mixed_precision": HOSTILE}, LOG)
+    other = StageRef(stage="x", key="0" * 20, counts={"kept<b>": 5})
+    return {"documents": other, "tokens": other, "training": training}
+
+
+def test_the_model_card_escapes_every_embedded_text(store):
+    samples = [{"prompt": "# plot\n", "completion": HOSTILE}]
+    card = model_card(store, "codeparrot-ds", _sources(store), {"perplexity": 2.0}, samples)
+    text = str(card)
+    assert card.data.library_name == "transformers"
+    tokens = MarkdownIt("commonmark").enable("table").parse(text)
+    kinds = {t.type for t in tokens}
+    assert "html_block" not in kinds
+    inline = [c for t in tokens if t.type == "inline" for c in t.children or []]
+    assert not [c for c in inline if c.type in ("html_inline", "link_open")]
+    fences = [t.content for t in tokens if t.type == "fence"]
+    assert f"# plot\n{HOSTILE}\n" in fences  # the completion stays whole, inside its fence
+    assert any(HOSTILE in fence for fence in fences)  # the config value, in the JSON fence
+    html = MarkdownIt("commonmark").enable("table").render(text)
+    assert "<script>" not in html and 'href="javascript' not in html
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("./no/such/folder", "does not exist"),
+        ("{empty}", "holds no model (no config.json)"),
+        ("codeparrot-store/models/codeparrot-ds/0123", "does not exist"),  # not a Hub name
+    ],
+)
+def test_generate_with_a_bad_model_folder_is_one_clear_line(tmp_path, capsys, model, message):
+    from flows.cli import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["generate", "x", "--model", model.format(empty=tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "published model" in err
