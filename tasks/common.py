@@ -6,7 +6,6 @@ Prefect caches nothing and no Prefect result record (a pickle) is ever written o
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
@@ -65,7 +64,7 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, PermissionError | FileNotFoundError | StoreError):
         return False
     if isinstance(error, OSError):
-        return error.errno not in NOT_TRANSIENT_ERRNOS | {errno.ENAMETOOLONG}
+        return error.errno not in NOT_TRANSIENT_ERRNOS
     return False
 
 
@@ -145,20 +144,15 @@ class Stage:
         log.info("%s: %s", self.name, ref.counts)
         return ref
 
-    def task(self, fn: Callable[..., Any] | None = None, *, retries: bool = True) -> Any:
+    def task(self, fn: Callable[..., Any]) -> Any:
         """Make ``fn`` this stage's Prefect task: never cached by Prefect (the store is the
         cache), I/O faults retried with backoff."""
-
-        def wrap(fn: Callable[..., Any]) -> Any:
-            options: dict[str, Any] = {"name": _kebab(fn.__name__), "cache_policy": NONE}
-            if retries:
-                delays = retry_delays()
-                options.update(
-                    retries=len(delays),
-                    retry_delay_seconds=delays,
-                    retry_jitter_factor=0.2,
-                    retry_condition_fn=retry_on_io_error,
-                )
-            return task(**options)(fn)
-
-        return wrap(fn) if fn is not None else wrap
+        delays = retry_delays()
+        return task(
+            name=_kebab(fn.__name__),
+            cache_policy=NONE,
+            retries=len(delays),
+            retry_delay_seconds=delays,
+            retry_jitter_factor=0.2,
+            retry_condition_fn=retry_on_io_error,
+        )(fn)
