@@ -321,17 +321,14 @@ def _found_manifest(store: Store, spec: StageSpec, log: Log) -> Manifest | None:
     """
     try:
         manifest = load_manifest(store, spec.stage, spec.key)
-        damage = damaged_parts(store, spec.prefix, manifest) if manifest else []
     except DamagedManifestError as err:
-        damage = [f"{MANIFEST_NAME}: {err}"]
-    if not damage:
-        return manifest
-    log.warning(
-        "%s: the committed output %s is damaged (missing or resized: %s); rebuilding it",
-        spec.stage,
-        store.uri(spec.prefix),
-        ", ".join(damage[:5]),
-    )
+        manifest, problem = None, str(err).split("; ")[0]
+    else:
+        damage = damaged_parts(store, spec.prefix, manifest) if manifest else []
+        if not damage:
+            return manifest
+        problem = f"parts missing or resized: {', '.join(damage[:5])}"
+    log.warning("%s: %s; rebuilding %s", spec.stage, problem, store.uri(spec.prefix))
     store.remove(f"{spec.prefix}/{MANIFEST_NAME}")
     return None
 
