@@ -23,7 +23,13 @@ def test_an_interrupted_run_stops_its_temporary_prefect_server(corpus_dir, tmp_p
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
     command = [sys.executable, "-m", "flows.cli", "run", "--store", str(tmp_path / "store")]
-    for item in (f"corpus.roots=[{corpus_dir}]", *TINY, "train.max_steps=100000"):
+    # Many epochs: training outlasts the signal, which must land mid-stage.
+    for item in (
+        f"corpus.roots=[{corpus_dir}]",
+        *TINY,
+        "train.epochs=10000",
+        "train.max_steps=100000",
+    ):
         command += ["--set", item]
     run = subprocess.Popen(
         command,
