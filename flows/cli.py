@@ -62,11 +62,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     print()
     print(f"model:       {result['model_uri']}")
     print(
-        f"perplexity:  {result['perplexity']:.2f} on the validation split "
+        f"perplexity:  {result['perplexity']:.2f} on {result['valid_rows_evaluated']:,} of "
+        f"{result['valid_rows']:,} validation rows "
         f"(untrained model: {result['untrained_perplexity']:.2f})"
     )
-    print(f"prompt:      {result['scatter_prompt']!r}")
-    print(f"completion:  {result['scatter_completion']!r}")
+    from tasks.completion_eval import percent
+
+    print(
+        f"API acc@1:   {percent(result['api_accuracy'])} of {result['api_cases']} held-out "
+        f"data-science calls (untrained model: {percent(result['untrained_api_accuracy'])})"
+    )
+    course = result["course_prompts"]
+    print(f"course:      {sum(c['passed'] for c in course)} of {len(course)} prompts passed")
+    for case in course:
+        line = case["completion"].strip().splitlines()[0] if case["completion"].strip() else ""
+        print(f"  {'pass' if case['passed'] else 'FAIL'}  {case['name']}: {line[:70]!r}")
     print(f"wall time:   {elapsed:.1f} s")
     return 0
 

@@ -58,7 +58,9 @@ def codeparrot_pipeline(
         )
     else:
         training = train_model(tokens, tokenizer, config.model, config.train, store_url)
-    evaluation = evaluate_perplexity(training, tokens, tokenizer, config.evaluate, store_url)
+    evaluation = evaluate_perplexity(
+        training, tokens, tokenizer, documents, config.evaluate, store_url
+    )
     sources = {
         "corpus": corpus,
         "documents": documents,
@@ -78,6 +80,12 @@ def codeparrot_pipeline(
         "model_uri": model_uri,
         "perplexity": perplexity,
         "untrained_perplexity": evaluation.counts["untrained_perplexity"],
+        "valid_rows_evaluated": evaluation.counts["valid_rows_evaluated"],
+        "valid_rows": evaluation.counts["valid_rows"],
+        "api_accuracy": evaluation.counts["api_accuracy"],
+        "api_cases": evaluation.counts["api_cases"],
+        "untrained_api_accuracy": evaluation.counts["untrained_api_accuracy"],
+        "course_prompts": evaluation.counts["course_prompts"],
         "scatter_prompt": SCATTER_PROMPT,
         "scatter_completion": samples.get(SCATTER_PROMPT),
         "stages": {name: store.uri(ref.prefix) for name, ref in sources.items()},

@@ -26,7 +26,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "log_interval": 20,
             "checkpoint_interval": 100,
         },
-        "evaluate": {"max_batches": 40, "max_new_tokens": 32},
+        "evaluate": {"max_new_tokens": 32},
     },
     "course": {
         "corpus": {"source": "hub"},

@@ -6,6 +6,7 @@ import base64
 from html import escape
 from typing import Any
 
+from tasks.completion_eval import percent
 from tasks.markdown import code_block, inline_text
 
 
@@ -69,7 +70,13 @@ def metrics_rows(training: dict, evaluation: dict, wall_seconds: float) -> list[
         ("final train loss", training.get("final_train_loss")),
         ("validation loss", evaluation.get("valid_loss")),
         ("validation perplexity", evaluation.get("perplexity")),
+        ("validation rows evaluated", evaluation.get("valid_rows_evaluated")),
+        ("validation rows", evaluation.get("valid_rows")),
         ("untrained model's perplexity", evaluation.get("untrained_perplexity")),
+        ("API accuracy@1 (held-out calls)", percent(evaluation.get("api_accuracy"))),
+        ("API cases", evaluation.get("api_cases")),
+        ("untrained model's API accuracy@1", percent(evaluation.get("untrained_api_accuracy"))),
+        ("course prompts passed (of 4)", evaluation.get("course_prompts_passed")),
         ("training tokens/s", training.get("tokens_per_second")),
         ("training processes", training.get("processes")),
         ("optimizer steps", training.get("steps")),

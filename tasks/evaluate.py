@@ -11,13 +11,24 @@ import transformers
 from pydantic import Field
 from transformers import GPT2LMHeadModel
 
+import tasks.completion_eval
 import tasks.generation
 import tasks.training.data
 import tasks.training.evaluation
-from storage.shards import load_token_shards
+from storage.shards import iter_document_batches, load_token_shards
 from storage.stages import StageRef, StageWriter, read_manifest
 from storage.store import Store
 from tasks.common import Stage, stage_logger
+from tasks.completion_eval import (
+    COURSE_CASES,
+    Case,
+    api_accuracy,
+    build_cases,
+    course_case_passes,
+    greedy_completions,
+    percent,
+)
+from tasks.filtering import content_hash
 from tasks.generation import complete, load_generator
 from tasks.params import StageParams
 from tasks.tokenizer import load_stage_tokenizer
@@ -47,6 +58,10 @@ class EvalConfig(StageParams):
     """Prompts completed by the model and kept with the metrics."""
     max_new_tokens: int = Field(default=48, ge=1, le=1024)
     """Tokens generated per prompt (greedy decoding, so samples are reproducible)."""
+    api_cases: int = Field(default=200, ge=0, le=100_000)
+    """Completion cases built from held-out code for API accuracy; 0 skips it."""
+    api_max_new_tokens: int = Field(default=24, ge=4, le=256)
+    """Tokens generated per completion case: enough for one line of code."""
 
 
 def generate_completions(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[dict]:
@@ -58,34 +73,92 @@ def generate_completions(model, tokenizer, prompts: list[str], max_new_tokens: i
     ]
 
 
+def completion_cases(
+    store: Store, documents: StageRef, config: EvalConfig
+) -> tuple[list[Case], dict[str, int]]:
+    """API-accuracy cases from the validation documents, none from a training document."""
+    training_hashes = {
+        content_hash(text)
+        for batch in iter_document_batches(store, documents, "train")
+        for text in batch
+    }
+    held_out = (
+        (f"valid#{i}", text)
+        for i, text in enumerate(
+            text for batch in iter_document_batches(store, documents, "valid") for text in batch
+        )
+    )
+    return build_cases(held_out, training_hashes, content_hash, config.api_cases)
+
+
+def measure_completions(model, tokenizer, cases: list[Case], config: EvalConfig) -> dict:
+    """API accuracy on the cases and pass/fail on the course's four prompts."""
+    completions = greedy_completions(
+        model, tokenizer, [c.prompt for c in cases], config.api_max_new_tokens
+    )
+    course = greedy_completions(
+        model, tokenizer, [c["prompt"] for c in COURSE_CASES], config.api_max_new_tokens
+    )
+    return {
+        "api": api_accuracy(cases, completions),
+        "course_prompts": [
+            {"name": case["name"], "passed": course_case_passes(case, text), "completion": text}
+            for case, text in zip(COURSE_CASES, course, strict=True)
+        ],
+    }
+
+
 def evaluate_model(
     store: Store,
     training: StageRef,
     tokens: StageRef,
     tokenizer_ref: StageRef,
+    documents: StageRef,
     config: EvalConfig,
     writer: StageWriter,
     log,
 ) -> dict:
-    """Measure validation perplexity of the trained and an untrained model; sample completions."""
+    """Measure the trained model against an untrained one: validation perplexity, API accuracy
+    on held-out code, the course's four prompts; and sample completions."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = GPT2LMHeadModel.from_pretrained(str(model_folder(store, training))).to(device)
+    untrained_model = build_model(model.config, seed=0).to(device)
     tokenizer = load_stage_tokenizer(store, tokenizer_ref)
     valid_rows = TokenRows(load_token_shards(store, tokens, "valid"))
+    rows = len(valid_rows)
+    if config.max_batches is not None:
+        rows = min(rows, config.max_batches * config.batch_size)
 
     def measure(candidate) -> tasks.training.evaluation.EvalResult:
         batches = sequential_batches(valid_rows, config.batch_size, config.max_batches)
         return evaluate_loss(candidate, batches, device, contextlib.nullcontext)
 
     trained = measure(model)
-    untrained = measure(build_model(model.config, seed=0).to(device))
+    untrained = measure(untrained_model)
     log.info(
-        "validation perplexity %.2f (course's exp(mean batch loss): %.2f) over %d tokens; "
-        "untrained model: %.2f",
+        "validation perplexity %.2f (course's exp(mean batch loss): %.2f) on %s of %s "
+        "validation rows; untrained model: %.2f",
         trained.perplexity,
         trained.course_perplexity,
-        trained.tokens,
+        f"{rows:,}",
+        f"{len(valid_rows):,}",
         untrained.perplexity,
+    )
+    cases, case_counts = completion_cases(store, documents, config)
+    completion = measure_completions(model, tokenizer, cases, config)
+    untrained_completion = measure_completions(untrained_model, tokenizer, cases, config)
+    api = completion["api"]
+    log.info(
+        "API accuracy@1 %s on %d held-out cases (%s); untrained model: %s; course prompts "
+        "passed: %d of %d",
+        percent(api["accuracy"]),
+        api["cases"],
+        ", ".join(
+            f"{k} {percent(v['accuracy'])} of {v['cases']}" for k, v in api["by_library"].items()
+        ),
+        percent(untrained_completion["api"]["accuracy"]),
+        sum(c["passed"] for c in completion["course_prompts"]),
+        len(COURSE_CASES),
     )
     samples = generate_completions(model, tokenizer, config.prompts, config.max_new_tokens)
     for sample in samples:
@@ -97,6 +170,16 @@ def evaluate_model(
         "course_perplexity": trained.course_perplexity,
         "untrained_perplexity": untrained.perplexity,
         "valid_tokens": trained.tokens,
+        "valid_rows_evaluated": rows,
+        "valid_rows": len(valid_rows),
+        "api_accuracy": api["accuracy"],
+        "api_cases": api["cases"],
+        "api_by_library": api["by_library"],
+        "untrained_api_accuracy": untrained_completion["api"]["accuracy"],
+        "eval_documents": case_counts["documents"],
+        "eval_overlap_documents": case_counts["overlap_documents"],
+        "course_prompts": completion["course_prompts"],
+        "course_prompts_passed": sum(c["passed"] for c in completion["course_prompts"]),
         "train_tokens_per_second": training_counts["tokens_per_second"],
         "train_seconds": training_counts["train_seconds"],
         "final_train_loss": training_counts["final_train_loss"],
@@ -108,9 +191,10 @@ def evaluate_model(
 
 EVALUATE = Stage(
     "evaluate",
-    inputs=("training", "tokens", "tokenizer"),
+    inputs=("training", "tokens", "tokenizer", "documents"),
     code=(
         sys.modules[__name__],
+        tasks.completion_eval,
         tasks.generation,
         tasks.training.evaluation,
         tasks.training.data,
@@ -121,10 +205,22 @@ EVALUATE = Stage(
 
 @EVALUATE.task
 def evaluate_perplexity(
-    training: StageRef, tokens: StageRef, tokenizer: StageRef, config: EvalConfig, store_url: str
+    training: StageRef,
+    tokens: StageRef,
+    tokenizer: StageRef,
+    documents: StageRef,
+    config: EvalConfig,
+    store_url: str,
 ) -> StageRef:
-    """Validation perplexity (plain loss) and sample completions of the trained model."""
+    """Validation perplexity (plain loss), API accuracy on held-out code, the course's prompts
+    and sample completions of the trained model, each beside an untrained model's."""
     log = stage_logger()
-    build = partial(evaluate_model, Store(store_url), training, tokens, tokenizer, config, log=log)
-    inputs = {"training": training, "tokens": tokens, "tokenizer": tokenizer}
+    store = Store(store_url)
+    build = partial(evaluate_model, store, training, tokens, tokenizer, documents, config, log=log)
+    inputs = {
+        "training": training,
+        "tokens": tokens,
+        "tokenizer": tokenizer,
+        "documents": documents,
+    }
     return EVALUATE.run(store_url, EVALUATE.spec(config, inputs), build, log)

@@ -26,6 +26,7 @@ from transformers import GenerationConfig
 from storage.stages import KEY_PATTERN, StageRef, StageWriter, part_folder, read_manifest
 from storage.store import DamagedObjectError, Store, StoreError
 from tasks.common import Stage, stage_logger
+from tasks.completion_eval import percent
 from tasks.generation import complete, load_generator
 from tasks.markdown import code_block, inline_text, table
 from tasks.params import StageParams
@@ -69,7 +70,19 @@ def model_card(
         for key, value in {**sources["documents"].counts, **sources["tokens"].counts}.items()
         if isinstance(value, int)
     ]
-    shown_metrics = [(k, round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()]
+    shown_metrics = [
+        (k, round(v, 4) if isinstance(v, float) else v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float | str) or v is None
+    ]
+    by_library = [
+        (name, f"{percent(v.get('accuracy'))} of {v.get('cases')}")
+        for name, v in (metrics.get("api_by_library") or {}).items()
+    ]
+    course = [
+        (c.get("name"), f"{'pass' if c.get('passed') else 'fail'}: {c.get('completion')}")
+        for c in metrics.get("course_prompts") or []
+    ]
     sample_text = "\n\n".join(
         code_block(f"{s['prompt']}{s['completion']}", "python") for s in samples
     )
@@ -106,8 +119,20 @@ A GPT-2 causal language model trained from scratch on Python data-science code
 
 {table(shown_metrics)}
 
-Perplexity is exp(total NLL / predicted tokens) with the plain, unweighted loss;
-`course_perplexity` is the course's exp(mean of batch losses).
+Perplexity is exp(total NLL / predicted tokens) with the plain, unweighted loss, on
+`valid_rows_evaluated` of `valid_rows` validation rows; `course_perplexity` is the course's
+exp(mean of batch losses).
+
+## Completions
+
+API accuracy@1: at held-out lines that call a data-science API, the greedy next code line
+calls the same function (`api_accuracy`, beside `untrained_api_accuracy`). By library:
+
+{table(by_library)}
+
+The course's prompts (pass when the first code lines hold the course's call):
+
+{table(course)}
 
 ## Sample generations (greedy)
 

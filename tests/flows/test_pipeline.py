@@ -66,11 +66,16 @@ def test_pipeline_end_to_end_then_cached(prefect_server, corpus_dir, any_store, 
 
     assert result["perplexity"] < result["untrained_perplexity"] / 4
     assert isinstance(result["scatter_completion"], str)
+    # The completion eval ran on held-out code, none of it from a training document.
+    assert [c["name"] for c in result["course_prompts"]][0] == "scatter plot from x, y"
+    assert result["api_cases"] > 0 and 0 <= result["api_accuracy"] <= 1
+    assert result["valid_rows_evaluated"] == result["valid_rows"]  # the whole split
     folder = published_folder(store, latest_model(store, "codeparrot-ds"))
     for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json"):
         assert (folder / name).is_file(), name
     card = (folder / "README.md").read_text()
     assert "perplexity" in card and "# create scatter plot with x, y" in card
+    assert "API accuracy@1" in card and "mean income per profession" in card
     latest = store.read_json("models/codeparrot-ds/LATEST")
     assert store.uri(latest["path"]) == result["model_uri"]
 
