@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.corpus import CorpusError
     from tasks.filtering import FilterError
     from tasks.generation import ModelLoadError, PromptTooLongError
+    from tasks.publish import ModelNotPromotedError
     from tasks.tokenizer import TokenizerError
 
     try:
@@ -248,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ) as err:
         print(f"codeparrot-ds: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except StoreUnavailableError as err:
-        # Not the user's input: the run may be retried as it is once the store is back.
+    except (StoreUnavailableError, ModelNotPromotedError) as err:
+        # Not the user's input: the store may come back; a better model may come next night.
         print(f"codeparrot-ds: error: {err}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

@@ -69,10 +69,12 @@ def codeparrot_pipeline(
         "training": training,
         "evaluation": evaluation,
     }
-    published = publish_model(sources, config.publish, store_url)
+    # The reports are made whether or not the quality gate promotes the model.
+    publishing = publish_model(sources, config.publish, store_url, return_state=True)
     perplexity = evaluation.counts["perplexity"]
     store = Store(store_url)
     publish_training_report(store, training, evaluation, time.perf_counter() - started)
+    published = publishing.result()  # a refused model fails the run here, with the reason
     model_uri = store.uri(published.prefix)
     publish_model_link(model_uri, perplexity)
     samples = {s["prompt"]: s["completion"] for s in evaluation.counts["samples"]}

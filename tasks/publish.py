@@ -43,6 +43,20 @@ class PublishConfig(StageParams):
     """Name of the model folder under ``models/`` in the store."""
     max_new_tokens: int = Field(default=64, ge=1)
     """Default generation length written into generation_config.json."""
+    tolerance: float = Field(default=0.02, ge=0.0, le=1.0)
+    """Quality gate: a model whose API accuracy is below the current model's by more than this
+    (0.02 = 2 points), or whose perplexity on the same tokenizer and split is higher by more
+    than this fraction, is stored but not promoted."""
+    force: bool = False
+    """Promote the new model whatever the quality gate says."""
+
+
+# Settings of the gate: they decide whether LATEST moves, not what is published.
+GATE_FIELDS = {"tolerance", "force"}
+
+
+class ModelNotPromotedError(RuntimeError):
+    """The new model is worse than the current one: stored, but LATEST was not moved."""
 
 
 def models_area(name: str) -> str:
@@ -184,7 +198,59 @@ def publish_folder(
         writer.put_dir(folder, "")
     log.info("publish: %s loads through transformers.pipeline", writer.store.uri(writer.prefix))
     evaluation = sources["evaluation"].counts
-    return {"perplexity": evaluation["perplexity"], "name": config.model_name}
+    return {
+        "name": config.model_name,
+        "perplexity": evaluation["perplexity"],
+        "api_accuracy": evaluation.get("api_accuracy"),
+        # Perplexities compare only on the same tokenizer and the same validation rows.
+        "tokenizer": sources["tokenizer"].prefix,
+        "validation": sources["tokens"].prefix,
+    }
+
+
+def promotion_refusal(new: dict, current: dict | None, tolerance: float) -> str | None:
+    """Why the new model must not replace the current one, or None to promote it.
+
+    API accuracy compares across tokenizers; perplexity only on the same tokenizer and split.
+    """
+    if not current:
+        return None
+    new_accuracy, accuracy = new.get("api_accuracy"), current.get("api_accuracy")
+    if (
+        isinstance(new_accuracy, int | float)
+        and isinstance(accuracy, int | float)
+        and new_accuracy < accuracy - tolerance
+    ):
+        return (
+            f"not promoted: API accuracy {percent(new_accuracy)} < {percent(accuracy)} of the "
+            f"current model (tolerance {100 * tolerance:.1f} points)"
+        )
+    same_split = all(new.get(k) == current.get(k) for k in ("tokenizer", "validation"))
+    new_ppl, ppl = new.get("perplexity"), current.get("perplexity")
+    if (
+        same_split
+        and isinstance(new_ppl, int | float)
+        and isinstance(ppl, int | float)
+        and new_ppl > ppl * (1 + tolerance)
+    ):
+        return (
+            f"not promoted: validation perplexity {new_ppl:.2f} > {ppl:.2f} of the current "
+            f"model on the same tokenizer and split (tolerance {100 * tolerance:.1f}%)"
+        )
+    return None
+
+
+def current_model_counts(store: Store, name: str, log) -> dict | None:
+    """What the model LATEST points at reported when it was published; None when there is
+    none, or LATEST or its manifest is damaged (then the new model replaces it)."""
+    try:
+        current = latest_model(store, name)
+        return read_manifest(store, current).counts
+    except FileNotFoundError:
+        return None
+    except StoreError as err:
+        log.warning("the current model cannot be read (%s); the new model replaces it", err)
+        return None
 
 
 def set_latest(store: Store, name: str, key: str) -> None:
@@ -233,15 +299,26 @@ PUBLISH = Stage(
 )
 
 
-# Its output is keyed as any stage's, but the task always runs to move LATEST to this model.
+# Its output is keyed as any stage's, but the task always runs: it decides whether LATEST moves
+# to this model (the quality gate) and moves it.
 @PUBLISH.task
 def publish_model(sources: dict[str, StageRef], config: PublishConfig, store_url: str) -> StageRef:
     """Publish the trained model with its tokenizer and model card; move LATEST to it."""
     log = stage_logger()
     store = Store(store_url)
     build = partial(publish_folder, store, sources, config, log=log)
-    spec = PUBLISH.spec(config, sources, folder=models_area(config.model_name))
+    params = config.model_dump(mode="json", exclude=GATE_FIELDS)
+    spec = PUBLISH.spec(params, sources, folder=models_area(config.model_name))
     ref = PUBLISH.run(store_url, spec, build, log)
+    current = current_model_counts(store, config.model_name, log)
+    refusal = promotion_refusal(ref.counts, current, config.tolerance)
+    if refusal and not config.force:
+        raise ModelNotPromotedError(
+            f"{refusal}. The model is stored at {store.uri(ref.prefix)}; LATEST still points "
+            "at the current one. Set publish.force=true to promote it anyway"
+        )
+    if refusal:
+        log.warning("%s; promoted anyway (publish.force)", refusal)
     set_latest(store, config.model_name, ref.key)
     log.info("published %s", store.uri(ref.prefix))
     return ref

@@ -102,7 +102,8 @@ def test_pipeline_end_to_end_then_cached(prefect_server, corpus_dir, any_store, 
 
     # Only a training parameter changes: every data stage is reused.
     changed = codeparrot_pipeline(
-        config=_config(corpus_dir, "train.learning_rate=0.005"), store_url=store.url
+        config=_config(corpus_dir, "train.learning_rate=0.005", "publish.force=true"),
+        store_url=store.url,
     )
     for stage in ("corpus", "documents", "tokenizer", "tokens"):
         assert changed["stages"][stage] == result["stages"][stage]
@@ -215,3 +216,33 @@ def test_training_on_an_unknown_deployment_says_what_to_do(
         train_model_on_deployment.fn(
             tokens_ref, tokenizer_ref, config.model, config.train, store.url, deployment
         )
+
+
+def test_the_quality_gate_refuses_a_worse_model_unless_forced(
+    prefect_server, corpus_dir, tmp_path, capsys
+):
+    from tasks.publish import ModelNotPromotedError
+
+    store = Store(str(tmp_path / "store"))
+    first = codeparrot_pipeline(config=_config(corpus_dir), store_url=store.url)
+    latest = store.read_json("models/codeparrot-ds/LATEST")
+    # Make the current model look much better than any tiny model can be.
+    manifest_rel = f"{latest['path']}/{MANIFEST_NAME}"
+    manifest = store.read_json(manifest_rel)
+    manifest["counts"]["api_accuracy"] = 1.0
+    store.write_json(manifest_rel, manifest)
+
+    worse = [f"corpus.roots=[{corpus_dir}]", *TINY, "train.seed=7"]
+    args = ["run", "--store", store.url] + [a for item in worse for a in ("--set", item)]
+    assert main(args) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("codeparrot-ds: error: not promoted: API accuracy") and "100.0%" in last
+    assert store.read_json("models/codeparrot-ds/LATEST")["version"] == latest["version"]
+    with pytest.raises(ModelNotPromotedError, match="publish.force=true"):
+        codeparrot_pipeline(config=build_config(overrides=worse), store_url=store.url)
+
+    forced = codeparrot_pipeline(
+        config=build_config(overrides=[*worse, "publish.force=true"]), store_url=store.url
+    )
+    assert forced["model_uri"] != first["model_uri"]
+    assert store.uri(store.read_json("models/codeparrot-ds/LATEST")["path"]) == forced["model_uri"]

@@ -54,3 +54,22 @@ def test_generate_with_a_bad_model_folder_is_one_clear_line(tmp_path, capsys, mo
     assert main(["generate", "x", "--model", model.format(empty=tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "published model" in err
+
+
+def test_the_gate_compares_api_accuracy_always_and_perplexity_on_the_same_split():
+    from tasks.publish import promotion_refusal
+
+    current = {"api_accuracy": 0.35, "perplexity": 20.0, "tokenizer": "t/1", "validation": "v/1"}
+    same = {"tokenizer": "t/1", "validation": "v/1"}
+    assert (
+        promotion_refusal({**same, "api_accuracy": 0.34, "perplexity": 20.1}, current, 0.02) is None
+    )
+    refused = promotion_refusal({**same, "api_accuracy": 0.31, "perplexity": 19.0}, current, 0.02)
+    assert refused == (
+        "not promoted: API accuracy 31.0% < 35.0% of the current model (tolerance 2.0 points)"
+    )
+    worse_ppl = promotion_refusal({**same, "api_accuracy": 0.35, "perplexity": 25.0}, current, 0.02)
+    assert worse_ppl.startswith("not promoted: validation perplexity 25.00 > 20.00")
+    other_split = {"tokenizer": "t/2", "validation": "v/2", "api_accuracy": 0.35, "perplexity": 99}
+    assert promotion_refusal(other_split, current, 0.02) is None  # perplexities not comparable
+    assert promotion_refusal({"api_accuracy": 0.0}, None, 0.02) is None  # nothing to beat
