@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.corpus import CorpusError
     from tasks.filtering import FilterError
     from tasks.generation import ModelLoadError, PromptTooLongError
+    from tasks.package_index import PackageIndexError
     from tasks.publish import ModelNotPromotedError
     from tasks.tokenizer import TokenizerError
 
@@ -246,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         FileNotFoundError,
         PromptTooLongError,
         ModelLoadError,
+        PackageIndexError,
     ) as err:
         print(f"codeparrot-ds: error: {err}", file=sys.stderr)
         return EXIT_USAGE

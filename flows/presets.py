@@ -28,6 +28,40 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "evaluate": {"max_new_tokens": 32},
     },
+    # Usage code from data-science packages' source archives (examples, galleries, tutorials,
+    # notebooks), read from the package index, and a model sized for a 2-core CPU.
+    "ds": {
+        "corpus": {
+            "source": "packages",
+            "packages": ["matplotlib", "scikit-learn", "seaborn", "statsmodels", "pandas"],
+            "member_patterns": [
+                "examples/*",
+                "galleries/*",
+                "doc/*",
+                "docs/*",
+                "tutorials/*",
+                "*.ipynb",
+            ],
+            "max_file_bytes": 200_000,
+        },
+        "filter": {"valid_fraction": 0.05},
+        "tokenizer": {"vocab_size": 8_192},
+        "tokenize": {"mode": "packed"},
+        "model": {"n_layer": 4, "n_embd": 256, "n_head": 4, "dropout": 0.0},
+        "train": {
+            # 16 seqs * 128 tokens * 2 accumulation = 4,096 tokens per optimizer step
+            "batch_size": 16,
+            "gradient_accumulation_steps": 2,
+            "learning_rate": 2e-3,
+            "warmup_steps": 50,
+            "max_steps": 1_000,
+            "epochs": 20,
+            "eval_interval": 250,
+            "eval_batches": 20,
+            "log_interval": 25,
+            "checkpoint_interval": 250,
+        },
+    },
     "course": {
         "corpus": {"source": "hub"},
         "filter": {"valid_fraction": 0.005},

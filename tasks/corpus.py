@@ -12,11 +12,13 @@ and the filter stage streams the documents from it without holding them in memor
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import io
 import itertools
 import json
 import os
+import re
 import site
 import stat
 import sys
@@ -36,6 +38,16 @@ from pydantic import Field
 from storage.stages import StageRef, StageWriter, read_manifest, read_part
 from storage.store import DamagedObjectError, Store, open_regular
 from tasks.common import Stage, stage_logger
+from tasks.notebooks import NotebookError, notebook_to_python
+from tasks.package_index import (
+    ARCHIVES_DIR,
+    PackageIndexError,
+    archive_members,
+    configured_index_url,
+    fetch_archive,
+    newest_sdist,
+    read_archive,
+)
 from tasks.params import StageParams
 
 DEFAULT_HUB_DATASET = "huggingface-course/codeparrot-ds-train"
@@ -50,8 +62,16 @@ class CorpusError(ValueError):
 class CorpusConfig(StageParams):
     """Where the raw code comes from and how much of it to read."""
 
-    source: Literal["python_files", "data_files", "hub"] = "python_files"
+    source: Literal["python_files", "data_files", "hub", "packages"] = "python_files"
     """Which kind of source to read."""
+    packages: list[str] = []
+    """With ``source: packages``: the packages whose newest source distributions are read
+    (their ``.py`` and ``.ipynb`` files: examples, galleries, tutorials, notebooks)."""
+    index_url: str | None = None
+    """The package index (PEP 503/691); empty means the one pip is configured with."""
+    member_patterns: list[str] = []
+    """With ``source: packages``: read only archive members whose path (below the top folder)
+    matches one of these globs, e.g. ``examples/*``; empty reads every member."""
     roots: list[str] = []
     """Folders searched for ``*.py`` files; empty means the interpreter's site-packages."""
     data_files: list[str] = []
@@ -227,8 +247,44 @@ class Snapshot:
         }
 
 
-def take_snapshot(config: CorpusConfig) -> Snapshot:
-    """Resolve the configured source into a snapshot; an empty source is a clear error."""
+def list_package_archives(config: CorpusConfig, store: Store) -> pa.Table:
+    """The newest source distribution of each package, downloaded into the store once."""
+    if not config.packages:
+        raise CorpusError("corpus.source is packages but corpus.packages is empty")
+    index_url = config.index_url or configured_index_url()
+    present = {
+        name: size
+        for name, size in store.list_sizes(ARCHIVES_DIR).items()
+        if re.fullmatch(r"[0-9a-f]{64}", name)
+    }
+    rows = []
+    try:
+        for package in config.packages:
+            dist = newest_sdist(index_url, package)
+            sha256, size = fetch_archive(store, dist, present)
+            rows.append((dist.package, dist.version, dist.filename, sha256, size))
+    except PackageIndexError as err:
+        raise CorpusError(str(err)) from None
+    return pa.table(
+        {
+            "package": [r[0] for r in rows],
+            "version": [r[1] for r in rows],
+            "filename": [r[2] for r in rows],
+            "sha256": [r[3] for r in rows],
+            "size": pa.array([r[4] for r in rows], pa.int64()),
+        }
+    )
+
+
+def take_snapshot(config: CorpusConfig, store: Store | None = None) -> Snapshot:
+    """Resolve the configured source into a snapshot; an empty source is a clear error.
+
+    A ``packages`` source needs the store: its archives are kept there, by sha256.
+    """
+    if config.source == "packages":
+        if store is None:
+            raise ValueError("a packages corpus needs the store to keep its archives in")
+        return Snapshot(listing=list_package_archives(config, store))
     if config.source == "hub":
         revision = resolve_hub_revision(config.hub_dataset)
         return Snapshot(
@@ -293,6 +349,40 @@ def _iter_python_files(listing: pa.Table, config: CorpusConfig, stats: ReadStats
             stats[f"skipped_{reason}"] += 1
             continue
         yield Document(id=rel, content=text)
+
+
+def _iter_package_files(
+    store: Store, listing: pa.Table, config: CorpusConfig, stats: ReadStats, skip: int
+):
+    """The ``.py`` and ``.ipynb`` members of each archive; notebooks become Python."""
+    patterns = config.member_patterns
+
+    def members():
+        for row in listing.to_pylist():
+            data = read_archive(store, row["sha256"])
+            for path, content in archive_members(data, (".py", ".ipynb"), config.max_file_bytes):
+                inner = path.split("/", 1)[-1]  # below the sdist's one top-level folder
+                if patterns and not any(fnmatch.fnmatch(inner, p) for p in patterns):
+                    continue
+                yield f"{row['package']}-{row['version']}/{inner}", content
+
+    for doc_id, content in itertools.islice(members(), skip, None):
+        stats["seen"] += 1
+        if content is None:
+            stats["skipped_too_large"] += 1
+            continue
+        text, reason = decode_source(content)
+        if text is not None and doc_id.endswith(".ipynb"):
+            try:
+                text, reason = notebook_to_python(text), None
+            except NotebookError:
+                text, reason = None, "bad_notebook"
+            else:
+                stats["notebooks"] += 1
+        if text is None:
+            stats[f"skipped_{reason}"] += 1
+            continue
+        yield Document(id=doc_id, content=text)
 
 
 def _record_id(record: dict, fallback: str) -> str:
@@ -364,7 +454,9 @@ def iter_documents(
         docs = _iter_records(records, config, stats, skip)
     else:
         listing = pq.read_table(io.BytesIO(read_part(store, ref, LISTING_PART, manifest)))
-        if "url" in listing.column_names:
+        if "sha256" in listing.column_names:
+            docs = _iter_package_files(store, listing, config, stats, skip)
+        elif "url" in listing.column_names:
             records = (
                 (url, row, rec)
                 for url in listing["url"].to_pylist()
@@ -396,6 +488,6 @@ CORPUS = Stage("corpus", inputs=(), code=(sys.modules[__name__],))
 def stream_corpus(config: CorpusConfig, store_url: str) -> StageRef:
     """Snapshot the configured corpus source into the store (its key is the snapshot's, so
     the source is looked at on every run)."""
-    snapshot = take_snapshot(config)
+    snapshot = take_snapshot(config, Store(store_url))
     params = {"config": config.model_dump(mode="json"), "fingerprint": snapshot.fingerprint()}
     return CORPUS.run(store_url, CORPUS.spec(params, {}), snapshot.write, stage_logger())

@@ -1,0 +1,220 @@
+"""Source distributions from a package index (PEP 503 HTML or PEP 691 JSON): find the newest
+sdist of a package, download it once into the store by its sha256, and read its members.
+
+Nothing is built or installed: ``.py`` and ``.ipynb`` members are read straight from the
+archive. Any index works: the public one pip is configured with, a mirror, or a company's own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from html.parser import HTMLParser
+
+from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist_filename
+from packaging.version import Version
+
+from storage.store import DamagedObjectError, Store
+
+DEFAULT_INDEX_URL = "https://pypi.org/simple"
+# Seconds before an index or download that does not answer is an error, not a hang.
+TIMEOUT_SECONDS = 15
+# Source archives are tens of MB; anything far larger is not a source distribution.
+MAX_ARCHIVE_BYTES = 512 << 20
+ARCHIVES_DIR = "archives"
+SDIST_SUFFIXES = (".tar.gz", ".zip")
+
+
+class PackageIndexError(ValueError):
+    """The index could not be reached, or holds no usable source distribution."""
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """One source distribution of a package on the index."""
+
+    package: str
+    version: str
+    filename: str
+    url: str
+    sha256: str
+
+
+def configured_index_url() -> str:
+    """The index pip is configured with (``$PIP_INDEX_URL``, pip's config), else PyPI's."""
+    if url := os.environ.get("PIP_INDEX_URL"):
+        return url.split()[0]
+    try:
+        found = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return DEFAULT_INDEX_URL
+    return found.stdout.strip() or DEFAULT_INDEX_URL
+
+
+def _get(url: str, accept: str = "*/*") -> tuple[bytes, str]:
+    request = urllib.request.Request(url, headers={"Accept": accept})
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
+            data = response.read(MAX_ARCHIVE_BYTES + 1)
+            if len(data) > MAX_ARCHIVE_BYTES:
+                raise PackageIndexError(f"{url} is over {MAX_ARCHIVE_BYTES:,} bytes")
+            return data, response.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            raise PackageIndexError(f"{url}: the index has no such package (404)") from None
+        raise PackageIndexError(f"{url} answered HTTP {err.code}") from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise PackageIndexError(
+            f"cannot reach the package index at {url} ({reason}); check corpus.index_url "
+            "(or pip's index-url) and the network"
+        ) from None
+
+
+class _Links(HTMLParser):
+    """The anchors of a PEP 503 page: (href, text)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[tuple[str, str]] = []
+        self._href: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self._href = dict(attrs).get("href")
+
+    def handle_data(self, data):
+        if self._href is not None:
+            self.links.append((self._href, data.strip()))
+            self._href = None
+
+
+def project_files(index_url: str, package: str) -> list[dict]:
+    """The files the index lists for a package: filename, absolute url, sha256 (or None)."""
+    page = f"{index_url.rstrip('/')}/{canonicalize_name(package)}/"
+    body, content_type = _get(page, "application/vnd.pypi.simple.v1+json, text/html;q=0.1")
+    files = []
+    if "json" in content_type:
+        try:
+            listed = json.loads(body)["files"]
+        except (ValueError, KeyError, TypeError):
+            raise PackageIndexError(f"{page} is not a PEP 691 project page") from None
+        for entry in listed:
+            if entry.get("yanked"):
+                continue
+            files.append(
+                {
+                    "filename": entry["filename"],
+                    "url": urllib.parse.urljoin(page, entry["url"]),
+                    "sha256": (entry.get("hashes") or {}).get("sha256"),
+                }
+            )
+        return files
+    parser = _Links()
+    parser.feed(body.decode("utf-8", "replace"))
+    for href, text in parser.links:
+        url, _, fragment = urllib.parse.urljoin(page, href).partition("#")
+        digest = re.fullmatch(r"sha256=([0-9a-f]{64})", fragment)
+        files.append({"filename": text, "url": url, "sha256": digest and digest.group(1)})
+    return files
+
+
+def newest_sdist(index_url: str, package: str) -> Distribution:
+    """The newest final release's source distribution of a package."""
+    candidates = []
+    for entry in project_files(index_url, package):
+        if not entry["filename"].endswith(SDIST_SUFFIXES):
+            continue
+        try:
+            _, version = parse_sdist_filename(entry["filename"])
+        except InvalidSdistFilename:
+            continue
+        if not version.is_prerelease and not version.is_devrelease:
+            candidates.append((version, entry))
+    if not candidates:
+        raise PackageIndexError(f"{index_url} lists no source distribution of {package!r}")
+    version, entry = max(candidates, key=lambda item: item[0])
+    return Distribution(
+        package=str(canonicalize_name(package)),
+        version=str(Version(str(version))),
+        filename=entry["filename"],
+        url=entry["url"],
+        sha256=entry["sha256"] or "",
+    )
+
+
+def archive_path(sha256: str) -> str:
+    """Where an archive is kept in the store: named by its content."""
+    return f"{ARCHIVES_DIR}/{sha256}"
+
+
+def fetch_archive(store: Store, dist: Distribution, present: dict[str, int]) -> tuple[str, int]:
+    """Make sure the archive is in the store; return its sha256 and size. ``present`` is the
+    store's listing of archives (sha256 to size): an archive already there is not downloaded.
+    """
+    if dist.sha256 in present:
+        return dist.sha256, present[dist.sha256]
+    data, _ = _get(dist.url)
+    digest = hashlib.sha256(data).hexdigest()
+    if dist.sha256 and digest != dist.sha256:
+        raise PackageIndexError(
+            f"{dist.url} does not match the sha256 the index lists ({digest[:16]}... != "
+            f"{dist.sha256[:16]}...); the download or the index is damaged"
+        )
+    store.write_bytes(archive_path(digest), data)
+    return digest, len(data)
+
+
+def read_archive(store: Store, sha256: str) -> bytes:
+    """An archive's bytes from the store, checked against the sha256 it is named by."""
+    data = store.read_bytes(archive_path(sha256))
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise DamagedObjectError(
+            f"{store.uri(archive_path(sha256))} is damaged (its sha256 differs); delete it "
+            "and rerun to download it again"
+        )
+    return data
+
+
+def archive_members(
+    data: bytes, suffixes: tuple[str, ...], max_bytes: int
+) -> Iterator[tuple[str, bytes | None]]:
+    """(path, bytes) of each regular member whose name ends with a suffix; bytes is None for
+    a member over ``max_bytes``. Links, devices and folders in the archive are never read."""
+    if data[:2] == b"PK":
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for info in archive.infolist():
+                if info.is_dir() or not info.filename.endswith(suffixes):
+                    continue
+                too_big = info.file_size > max_bytes
+                yield info.filename, None if too_big else archive.read(info)
+        return
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
+            for member in archive:
+                if not member.isfile() or not member.name.endswith(suffixes):
+                    continue
+                if member.size > max_bytes:
+                    yield member.name, None
+                    continue
+                extracted = archive.extractfile(member)
+                yield member.name, extracted.read() if extracted else None
+    except tarfile.TarError as err:
+        raise PackageIndexError(f"not a readable tar or zip archive ({err})") from None
