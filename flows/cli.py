@@ -48,6 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the whole pipeline and print where the model went and how good it is."""
     from flows.config import build_config
     from flows.pipeline import codeparrot_pipeline
+    from tasks.completion_eval import first_code_line, percent
 
     config = build_config(args.preset, args.config, args.set or [])
     if args.print_config:
@@ -66,8 +67,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{result['valid_rows']:,} validation rows "
         f"(untrained model: {result['untrained_perplexity']:.2f})"
     )
-    from tasks.completion_eval import percent
-
     print(
         f"API acc@1:   {percent(result['api_accuracy'])} of {result['api_cases']} held-out "
         f"data-science calls (untrained model: {percent(result['untrained_api_accuracy'])})"
@@ -75,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     course = result["course_prompts"]
     print(f"course:      {sum(c['passed'] for c in course)} of {len(course)} prompts passed")
     for case in course:
-        line = case["completion"].strip().splitlines()[0] if case["completion"].strip() else ""
+        line = first_code_line(case["completion"]).strip()
         print(f"  {'pass' if case['passed'] else 'FAIL'}  {case['name']}: {line[:70]!r}")
     print(f"wall time:   {elapsed:.1f} s")
     return 0
