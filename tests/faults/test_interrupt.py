@@ -38,6 +38,9 @@ def test_an_interrupted_run_stops_its_temporary_prefect_server(corpus_dir, tmp_p
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, as a shell gives a foreground job
+        # A terminal's job takes Ctrl-C; a test runner started in the background may have
+        # SIGINT ignored, which its children would inherit.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     parent = psutil.Process(run.pid)
     deadline = time.monotonic() + 180
