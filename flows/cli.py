@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -36,6 +37,9 @@ def prefect_server() -> Iterator[None]:
 
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
+        # The server inherits this environment: it must not try to reach anything off this
+        # host, so its analytics are off unless the user asked for them.
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         server = SubprocessASGIServer()
         server.start()  # registers its own stop at exit
     finally:
