@@ -40,6 +40,12 @@ def data_report(corpus: dict, documents: dict, tokens: dict) -> str:
         ("files in the corpus snapshot", corpus.get("files")),
         ("files seen by the filter", documents.get("seen")),
         *skipped(documents, "when reading"),
+        *[
+            ("dropped: " + name.removeprefix("dropped_").replace("_", " "), count)
+            for name, count in sorted(documents.items())
+            if name.startswith("dropped_")
+        ],
+        ("comment lines cut", documents.get("comment_lines_cut")),
         ("dropped: no data-science keyword", documents.get("no_keyword")),
         ("dropped: duplicates", documents.get("duplicates")),
         ("kept", documents.get("kept")),
