@@ -116,21 +116,24 @@ def _inside(path: str, real_roots: list[str]) -> bool:
     return any(real == root or real.startswith(root + os.sep) for root in real_roots)
 
 
-def file_problem(path: str, real_roots: list[str], follow_outside_links: bool) -> str | None:
+def check_file(
+    path: str, real_roots: list[str], follow_outside_links: bool
+) -> tuple[str | None, os.stat_result | None]:
     """Why a listed path is not read (``bad_name``, ``outside_link``, ``not_regular``,
-    ``unreadable``), or None for a regular file the corpus may read."""
+    ``unreadable``) and None; or None and the stat of a regular file the corpus may read."""
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
-        return "bad_name"  # not valid UTF-8: cannot be stored, ordered or reported
+        return "bad_name", None  # not valid UTF-8: cannot be stored, ordered or reported
     try:
         if os.path.islink(path) and not follow_outside_links and not _inside(path, real_roots):
-            return "outside_link"
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return "not_regular"  # a FIFO, device or socket would block or never end
+            return "outside_link", None
+        found = os.stat(path)
     except OSError:
-        return "unreadable"
-    return None
+        return "unreadable", None
+    if not stat.S_ISREG(found.st_mode):
+        return "not_regular", None  # a FIFO, device or socket would block or never end
+    return None, found
 
 
 def list_python_files(
@@ -150,15 +153,12 @@ def list_python_files(
                 if not name.endswith(".py"):
                     continue
                 path = os.path.join(folder, name)
-                problem = file_problem(path, real_roots, follow_outside_links)
+                problem, found = check_file(path, real_roots, follow_outside_links)
                 if problem:
                     skipped[f"skipped_{problem}"] += 1
                     continue
-                stat_result = os.stat(path)
                 rel = os.path.relpath(path, root)
-                rows.append(
-                    (_spread_order(rel), root, rel, stat_result.st_size, stat_result.st_mtime_ns)
-                )
+                rows.append((_spread_order(rel), root, rel, found.st_size, found.st_mtime_ns))
     rows.sort()
     table = pa.table(
         {
@@ -184,7 +184,7 @@ def list_data_files(patterns: list[str]) -> pa.Table:
             url = match.full_name
             if not url.endswith((".jsonl", ".json", ".jsonl.gz", ".parquet")):
                 raise CorpusError(f"{url!r} is neither JSONL nor Parquet; give .jsonl or .parquet")
-            if "file" in match.fs.protocol and file_problem(match.path, [], True):
+            if "file" in match.fs.protocol and check_file(match.path, [], True)[0]:
                 raise CorpusError(
                     f"corpus.data_files entry {url!r} is not a regular, readable file"
                 )
@@ -329,7 +329,7 @@ def _iter_python_files(listing: pa.Table, config: CorpusConfig, stats: ReadStats
             continue
         path = os.path.join(root, rel)
         # Checked again at read time: the file may have been swapped since the listing.
-        problem = file_problem(path, real_roots, config.follow_outside_links)
+        problem, _ = check_file(path, real_roots, config.follow_outside_links)
         if problem is None:
             try:
                 with open_regular(path) as f:
