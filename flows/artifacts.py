@@ -18,6 +18,7 @@ from tasks.training_run import HISTORY_PART
 
 DATA_REPORT_KEY = "codeparrot-ds-data-report"
 LOSS_CURVE_KEY = "codeparrot-ds-loss-curve"
+API_CURVE_KEY = "codeparrot-ds-api-accuracy-curve"
 METRICS_KEY = "codeparrot-ds-metrics"
 SAMPLES_KEY = "codeparrot-ds-samples"
 MODEL_KEY = "codeparrot-ds-model"
@@ -35,13 +36,19 @@ def publish_data_report(corpus: StageRef, documents: StageRef, tokens: StageRef)
 def publish_training_report(
     store: Store, training: StageRef, evaluation: StageRef, wall_seconds: float
 ) -> None:
-    """The loss curve, the metrics table and the sample generations."""
+    """The loss curve, the API-accuracy curve, the metrics table and the sample generations."""
     history = json.loads(read_part(store, training, HISTORY_PART))
     create_image_artifact(
         report.svg_data_url(report.loss_curve_svg(history)),
         key=LOSS_CURVE_KEY,
         description="Train and validation loss by optimizer step",
     )
+    if report.api_curve_points(history):
+        create_image_artifact(
+            report.svg_data_url(report.api_curve_svg(history)),
+            key=API_CURVE_KEY,
+            description="Held-out API accuracy@1 at each periodic validation, by training tokens",
+        )
     create_table_artifact(
         report.metrics_rows(training.counts, evaluation.counts, wall_seconds),
         key=METRICS_KEY,

@@ -53,6 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.config import build_config
     from flows.pipeline import codeparrot_pipeline
     from tasks.completion_eval import first_code_line, percent
+    from tasks.humaneval import describe as describe_humaneval
 
     config = build_config(args.preset, args.config, args.set or [])
     if args.print_config:
@@ -80,6 +81,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for case in course:
         line = first_code_line(case["completion"]).strip()
         print(f"  {'pass' if case['passed'] else 'FAIL'}  {case['name']}: {line[:70]!r}")
+    if result["humaneval"]:
+        print(f"HumanEval:   {describe_humaneval(result['humaneval'])}")
     print(f"wall time:   {elapsed:.1f} s")
     return 0
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from flows.presets import PRESETS
 from tasks.corpus import CorpusConfig
@@ -43,6 +43,20 @@ class PipelineConfig(BaseModel):
     train: TrainConfig = TrainConfig()
     evaluate: EvalConfig = EvalConfig()
     publish: PublishConfig = PublishConfig()
+
+    @model_validator(mode="after")
+    def _generation_leaves_room_for_prompts(self) -> PipelineConfig:
+        # GPT-2 learns positions only up to its context, so a completion's prompt and its new
+        # tokens must fit in it together.
+        context = self.tokenize.context_length
+        for name in ("max_new_tokens", "api_max_new_tokens", "humaneval_max_new_tokens"):
+            value = getattr(self.evaluate, name)
+            if value >= context:
+                raise ValueError(
+                    f"evaluate.{name} ({value}) must be below tokenize.context_length "
+                    f"({context}): the prompt needs room in the model's context"
+                )
+        return self
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -88,6 +88,7 @@ def codeparrot_pipeline(
         "api_cases": evaluation.counts["api_cases"],
         "untrained_api_accuracy": evaluation.counts["untrained_api_accuracy"],
         "course_prompts": evaluation.counts["course_prompts"],
+        "humaneval": evaluation.counts.get("humaneval"),
         "scatter_prompt": SCATTER_PROMPT,
         "scatter_completion": samples.get(SCATTER_PROMPT),
         "stages": {name: store.uri(ref.prefix) for name, ref in sources.items()},

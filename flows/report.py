@@ -7,6 +7,7 @@ from html import escape
 from typing import Any
 
 from tasks.completion_eval import percent
+from tasks.humaneval import describe as describe_humaneval
 from tasks.markdown import code_block, inline_text
 
 
@@ -83,6 +84,12 @@ def metrics_rows(training: dict, evaluation: dict, wall_seconds: float) -> list[
         ("API cases", evaluation.get("api_cases")),
         ("untrained model's API accuracy@1", percent(evaluation.get("untrained_api_accuracy"))),
         ("course prompts passed (of 4)", evaluation.get("course_prompts_passed")),
+        (
+            "HumanEval",
+            describe_humaneval(evaluation["humaneval"])
+            if evaluation.get("humaneval")
+            else "not measured",
+        ),
         ("training tokens/s", training.get("tokens_per_second")),
         ("training processes", training.get("processes")),
         ("optimizer steps", training.get("steps")),
@@ -109,9 +116,9 @@ def model_markdown(model_uri: str, perplexity: float) -> str:
     )
 
 
-# Geometry of the loss chart, in SVG user units.
+# Geometry of the charts, in SVG user units.
 WIDTH, HEIGHT, MARGIN = 640, 360, 56
-SERIES_COLOURS = {"train loss": "#2563eb", "validation loss": "#dc2626"}
+COLOURS = ("#2563eb", "#dc2626", "#16a34a")
 
 
 def _ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -119,53 +126,51 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
     return [low + i * step for i in range(count)]
 
 
-def loss_curve_svg(history: dict[str, list[dict]]) -> str:
-    """An SVG line chart of train and validation loss against the optimizer step."""
-    series = {
-        "train loss": [(r["step"], r["loss"]) for r in history.get("train", [])],
-        "validation loss": [(r["step"], r["valid_loss"]) for r in history.get("valid", [])],
-    }
+def line_chart_svg(
+    title: str, series: dict[str, list[tuple[float, float]]], x_label: str, y_format: str
+) -> str:
+    """An SVG line chart of named series of (x, y) points, x from 0; ``y_format`` formats
+    the y-axis ticks (``{:.2f}``)."""
     points = [p for values in series.values() for p in values]
     if not points:
-        raise ValueError("the training history holds no logged step to plot")
-    steps = [s for s, _ in points]
-    losses = [loss for _, loss in points]
-    x_low, x_high = 0, max(steps)
-    y_low, y_high = min(losses), max(losses)
+        raise ValueError(f"no point to plot in {title!r}")
+    x_high = max(x for x, _ in points)
+    y_low, y_high = min(y for _, y in points), max(y for _, y in points)
     if y_high == y_low:
         y_high = y_low + 1.0
     plot_w, plot_h = WIDTH - 2 * MARGIN, HEIGHT - 2 * MARGIN
 
-    def x(step: float) -> float:
-        return MARGIN + plot_w * (step - x_low) / max(x_high - x_low, 1)
+    def px(value: float) -> float:
+        return MARGIN + plot_w * value / max(x_high, 1)
 
-    def y(loss: float) -> float:
-        return MARGIN + plot_h * (y_high - loss) / (y_high - y_low)
+    def py(value: float) -> float:
+        return MARGIN + plot_h * (y_high - value) / (y_high - y_low)
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
         f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">',
         f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
-        f'<text x="{WIDTH / 2}" y="24" text-anchor="middle" font-size="15">Loss by step</text>',
+        f'<text x="{WIDTH / 2}" y="24" text-anchor="middle" font-size="15">{escape(title)}</text>',
     ]
     for value in _ticks(y_low, y_high):
         parts.append(
-            f'<line x1="{MARGIN}" x2="{WIDTH - MARGIN}" y1="{y(value):.1f}" y2="{y(value):.1f}" '
-            'stroke="#e5e7eb"/>'
-            f'<text x="{MARGIN - 6}" y="{y(value) + 4:.1f}" text-anchor="end">{value:.2f}</text>'
+            f'<line x1="{MARGIN}" x2="{WIDTH - MARGIN}" y1="{py(value):.1f}" '
+            f'y2="{py(value):.1f}" stroke="#e5e7eb"/>'
+            f'<text x="{MARGIN - 6}" y="{py(value) + 4:.1f}" text-anchor="end">'
+            f"{escape(y_format.format(value))}</text>"
         )
-    for step in sorted({round(value) for value in _ticks(x_low, x_high)}):
+    for tick in sorted({round(value) for value in _ticks(0, x_high)}):
         parts.append(
-            f'<text x="{x(step):.1f}" y="{HEIGHT - MARGIN + 18}" text-anchor="middle">'
-            f"{step:,}</text>"
+            f'<text x="{px(tick):.1f}" y="{HEIGHT - MARGIN + 18}" text-anchor="middle">'
+            f"{tick:,}</text>"
         )
     parts.append(
-        f'<text x="{WIDTH / 2}" y="{HEIGHT - 12}" text-anchor="middle">optimizer step</text>'
+        f'<text x="{WIDTH / 2}" y="{HEIGHT - 12}" text-anchor="middle">{escape(x_label)}</text>'
     )
     for index, (name, values) in enumerate(series.items()):
-        colour = SERIES_COLOURS[name]
+        colour = COLOURS[index % len(COLOURS)]
         if values:
-            coords = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in values)
+            coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in values)
             parts.append(
                 f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2"/>'
             )
@@ -177,6 +182,36 @@ def loss_curve_svg(history: dict[str, list[dict]]) -> str:
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def loss_curve_svg(history: dict[str, list[dict]]) -> str:
+    """An SVG line chart of train and validation loss against the optimizer step."""
+    series = {
+        "train loss": [(r["step"], r["loss"]) for r in history.get("train", [])],
+        "validation loss": [(r["step"], r["valid_loss"]) for r in history.get("valid", [])],
+    }
+    return line_chart_svg("Loss by step", series, "optimizer step", "{:.2f}")
+
+
+def api_curve_points(history: dict[str, list[dict]]) -> list[tuple[int, float]]:
+    """(training tokens, API accuracy@1 in %) at each periodic validation that measured it."""
+    return [
+        (r["tokens"], 100 * r["api_accuracy"])
+        for r in history.get("valid", [])
+        if r.get("api_accuracy") is not None and "tokens" in r
+    ]
+
+
+def api_curve_svg(history: dict[str, list[dict]]) -> str:
+    """An SVG line chart of held-out API accuracy@1 against training tokens."""
+    points = api_curve_points(history)
+    cases = max((r.get("api_cases", 0) for r in history.get("valid", [])), default=0)
+    return line_chart_svg(
+        f"API accuracy@1 by training tokens ({cases} held-out cases)",
+        {"API accuracy@1 (%)": points},
+        "training tokens",
+        "{:.1f}%",
+    )
 
 
 def svg_data_url(svg: str) -> str:

@@ -393,6 +393,24 @@ def read_manifest(store: Store, ref: StageRef) -> Manifest:
     return manifest
 
 
+def input_ref(store: Store, ref: StageRef, name: str) -> StageRef:
+    """The committed output that ``ref`` was built from as its input ``name`` (its lineage).
+
+    A manifest that names no such input, or one that is not ``stage/key``, is a
+    ``DamagedManifestError``; an input that is gone is a ``StoreError``.
+    """
+    manifest = read_manifest(store, ref)
+    stage, _, key = manifest.inputs.get(name, "").rpartition("/")
+    try:
+        parent = StageRef(stage=stage, key=key)
+    except ValueError:
+        raise DamagedManifestError(
+            f"{store.uri(ref.prefix)} names no input {name!r} as stage/key; rerun the "
+            "pipeline to rebuild it"
+        ) from None
+    return StageRef(stage=stage, key=key, counts=dict(read_manifest(store, parent).counts))
+
+
 def part_names(manifest: Manifest, folder: str) -> list[str]:
     """The committed parts below a folder of an output, sorted."""
     return sorted(n for n in manifest.parts if n.startswith(f"{folder}/"))

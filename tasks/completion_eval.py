@@ -17,6 +17,14 @@ from dataclasses import dataclass
 
 import torch
 
+from storage.shards import iter_document_batches
+from storage.stages import StageRef
+from storage.store import Store
+from tasks.filtering import content_hash
+
+# Tokens generated per completion case: enough for one line of code.
+API_MAX_NEW_TOKENS = 24
+
 # A call of a data-science API: the receiver (module alias or a conventional variable name)
 # and the function, or a bare scikit-learn helper. The library is named by the receiver.
 _RECEIVER_LIBRARY = {
@@ -113,6 +121,25 @@ def build_cases(
     return cases, dict(counts)
 
 
+def completion_cases(
+    store: Store, documents: StageRef, max_cases: int
+) -> tuple[list[Case], dict[str, int]]:
+    """API-accuracy cases from the filter stage's validation documents, none from a document
+    whose content is also in its training split; and what was counted."""
+    training_hashes = {
+        content_hash(text)
+        for batch in iter_document_batches(store, documents, "train")
+        for text in batch
+    }
+    held_out = (
+        (f"valid#{i}", text)
+        for i, text in enumerate(
+            text for batch in iter_document_batches(store, documents, "valid") for text in batch
+        )
+    )
+    return build_cases(held_out, training_hashes, content_hash, max_cases)
+
+
 def first_code_line(text: str) -> str:
     """The first line of a completion that holds code (not blank, not only a comment)."""
     for line in text.splitlines():
@@ -183,6 +210,24 @@ def api_accuracy(cases: list[Case], completions: list[str]) -> dict:
             for name, (p, n) in sorted(by_library.items())
         },
     }
+
+
+def api_probe(tokenizer, cases: list[Case], max_new_tokens: int):
+    """A function of a model giving its API accuracy on ``cases``: what the training loop
+    measures at each periodic validation, for the curve against training tokens."""
+
+    def probe(model) -> dict:
+        completions = greedy_completions(
+            model, tokenizer, [c.prompt for c in cases], max_new_tokens
+        )
+        measured = api_accuracy(cases, completions)
+        return {
+            "api_accuracy": measured["accuracy"],
+            "api_passed": measured["passed"],
+            "api_cases": measured["cases"],
+        }
+
+    return probe
 
 
 # The course's prompts, in the course's context, and what a right completion must hold.

@@ -13,24 +13,29 @@ from transformers import GPT2LMHeadModel
 
 import tasks.completion_eval
 import tasks.generation
+import tasks.humaneval
+import tasks.sandbox
 import tasks.training.data
 import tasks.training.evaluation
-from storage.shards import iter_document_batches, load_token_shards
+from storage.shards import load_token_shards
 from storage.stages import StageRef, StageWriter, read_manifest
 from storage.store import Store
 from tasks.common import Stage, stage_logger
 from tasks.completion_eval import (
+    API_MAX_NEW_TOKENS,
     COURSE_CASES,
     Case,
     api_accuracy,
-    build_cases,
+    completion_cases,
     course_case_passes,
     greedy_completions,
     percent,
 )
-from tasks.filtering import content_hash
 from tasks.generation import complete, load_generator
+from tasks.humaneval import describe as describe_humaneval
+from tasks.humaneval import humaneval_pass_at_1
 from tasks.params import StageParams
+from tasks.sandbox import Limits
 from tasks.tokenizer import load_stage_tokenizer
 from tasks.training.data import TokenRows, sequential_batches
 from tasks.training.evaluation import evaluate_loss
@@ -60,8 +65,17 @@ class EvalConfig(StageParams):
     """Tokens generated per prompt (greedy decoding, so samples are reproducible)."""
     api_cases: int = Field(default=200, ge=0, le=100_000)
     """Completion cases built from held-out code for API accuracy; 0 skips it."""
-    api_max_new_tokens: int = Field(default=24, ge=4, le=256)
+    api_max_new_tokens: int = Field(default=API_MAX_NEW_TOKENS, ge=4, le=256)
     """Tokens generated per completion case: enough for one line of code."""
+    humaneval: bool = False
+    """Also measure HumanEval pass@1, running the generated code in a sandbox (no network,
+    memory and time limits, a scratch folder)."""
+    humaneval_problems: int | None = Field(default=None, ge=1, le=164)
+    """Measure only the first this many HumanEval problems; None takes all 164."""
+    humaneval_max_new_tokens: int = Field(default=64, ge=8, le=1024)
+    """Tokens generated per HumanEval problem (greedy)."""
+    humaneval_timeout_s: float = Field(default=5.0, gt=0.0, le=120.0)
+    """Wall-clock limit for running one problem's tests."""
 
 
 def generate_completions(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[dict]:
@@ -71,24 +85,6 @@ def generate_completions(model, tokenizer, prompts: list[str], max_new_tokens: i
         {"prompt": prompt, "completion": complete(generator, prompt, max_new_tokens)}
         for prompt in prompts
     ]
-
-
-def completion_cases(
-    store: Store, documents: StageRef, config: EvalConfig
-) -> tuple[list[Case], dict[str, int]]:
-    """API-accuracy cases from the validation documents, none from a training document."""
-    training_hashes = {
-        content_hash(text)
-        for batch in iter_document_batches(store, documents, "train")
-        for text in batch
-    }
-    held_out = (
-        (f"valid#{i}", text)
-        for i, text in enumerate(
-            text for batch in iter_document_batches(store, documents, "valid") for text in batch
-        )
-    )
-    return build_cases(held_out, training_hashes, content_hash, config.api_cases)
 
 
 def measure_completions(model, tokenizer, cases: list[Case], config: EvalConfig) -> dict:
@@ -106,6 +102,19 @@ def measure_completions(model, tokenizer, cases: list[Case], config: EvalConfig)
             for case, text in zip(COURSE_CASES, course, strict=True)
         ],
     }
+
+
+def measure_humaneval(model, tokenizer, config: EvalConfig, log) -> dict:
+    """HumanEval pass@1 of greedy completions, the programs run in the sandbox."""
+    result = humaneval_pass_at_1(
+        model,
+        tokenizer,
+        config.humaneval_problems,
+        config.humaneval_max_new_tokens,
+        Limits(timeout_s=config.humaneval_timeout_s),
+    )
+    log.info("HumanEval %s", describe_humaneval(result))
+    return result
 
 
 def evaluate_model(
@@ -144,7 +153,7 @@ def evaluate_model(
         f"{len(valid_rows):,}",
         untrained.perplexity,
     )
-    cases, case_counts = completion_cases(store, documents, config)
+    cases, case_counts = completion_cases(store, documents, config.api_cases)
     completion = measure_completions(model, tokenizer, cases, config)
     untrained_completion = measure_completions(untrained_model, tokenizer, cases, config)
     api = completion["api"]
@@ -184,6 +193,8 @@ def evaluate_model(
         "train_seconds": training_counts["train_seconds"],
         "final_train_loss": training_counts["final_train_loss"],
     }
+    if config.humaneval:
+        metrics["humaneval"] = measure_humaneval(model, tokenizer, config, log)
     writer.write_json(METRICS_PART, metrics)
     writer.write_json(SAMPLES_PART, samples)
     return {**metrics, "samples": samples}
@@ -196,6 +207,8 @@ EVALUATE = Stage(
         sys.modules[__name__],
         tasks.completion_eval,
         tasks.generation,
+        tasks.humaneval,
+        tasks.sandbox,
         tasks.training.evaluation,
         tasks.training.data,
     ),

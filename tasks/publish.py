@@ -28,6 +28,7 @@ from storage.store import DamagedObjectError, Store, StoreError
 from tasks.common import Stage, stage_logger
 from tasks.completion_eval import percent
 from tasks.generation import complete, load_generator
+from tasks.humaneval import describe as describe_humaneval
 from tasks.markdown import code_block, inline_text, table
 from tasks.params import StageParams
 from tasks.tokenizer import tokenizer_folder
@@ -97,6 +98,11 @@ def model_card(
         (c.get("name"), f"{'pass' if c.get('passed') else 'fail'}: {c.get('completion')}")
         for c in metrics.get("course_prompts") or []
     ]
+    humaneval = (
+        f"\nHumanEval (sandboxed): {inline_text(describe_humaneval(metrics['humaneval']))}.\n"
+        if metrics.get("humaneval")
+        else ""
+    )
     sample_text = "\n\n".join(
         code_block(f"{s['prompt']}{s['completion']}", "python") for s in samples
     )
@@ -147,7 +153,7 @@ calls the same function (`api_accuracy`, beside `untrained_api_accuracy`). By li
 The course's prompts (pass when the first code lines hold the course's call):
 
 {table(course)}
-
+{humaneval}
 ## Sample generations (greedy)
 
 {sample_text}

@@ -14,6 +14,7 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
+import tasks.completion_eval
 import tasks.training.checkpoint
 import tasks.training.config
 import tasks.training.data
@@ -39,6 +40,7 @@ TRAIN = Stage(
     inputs=("tokens", "tokenizer"),
     code=(
         tasks.training_run,
+        tasks.completion_eval,
         tasks.training.checkpoint,
         tasks.training.config,
         tasks.training.data,

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from storage.shards import load_token_shards
-from storage.stages import CHECKPOINTS_DIR, StageRef, StageWriter, part_folder
+from storage.stages import CHECKPOINTS_DIR, StageRef, StageWriter, input_ref, part_folder
 from storage.store import Store
+from tasks.completion_eval import API_MAX_NEW_TOKENS, api_probe, completion_cases
 from tasks.progress import ProgressCallback
 from tasks.tokenizer import load_stage_tokenizer, token_id_bound
 from tasks.training.checkpoint import CheckpointStore
@@ -36,6 +37,20 @@ def check_token_range(train_rows: TokenRows, valid_rows: TokenRows, vocab_size: 
                     f"the token shards hold id {int(np.max(array)):,}, but the tokenizer "
                     f"declares only {vocab_size:,} ids; retokenize with this tokenizer"
                 )
+
+
+def periodic_api_probe(store: Store, tokens: StageRef, tokenizer, cases: int, log):
+    """The API-accuracy probe of the periodic validations, on held-out cases of the documents
+    the shards were made from; None when ``cases`` is 0 or those documents hold none."""
+    if cases == 0:
+        return None
+    documents = input_ref(store, tokens, "documents")
+    found, _ = completion_cases(store, documents, cases)
+    if not found:
+        log.warning("no held-out API cases in %s: no API-accuracy curve", documents.prefix)
+        return None
+    log.info("periodic validations measure API accuracy on %d held-out cases", len(found))
+    return api_probe(tokenizer, found, API_MAX_NEW_TOKENS)
 
 
 def train_from_shards(
@@ -85,6 +100,7 @@ def train_from_shards(
         log,
         checkpoints,
         on_progress,
+        periodic_api_probe(store, tokens, tokenizer, train_config.api_eval_cases, log),
     )
     if not accelerator.is_main_process:
         return {}

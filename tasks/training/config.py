@@ -61,6 +61,9 @@ class TrainConfig(StageParams):
     """Optimizer steps between validation passes."""
     eval_batches: int = Field(default=50, ge=1)
     """Validation batches per periodic validation (the final evaluation uses all)."""
+    api_eval_cases: int = Field(default=64, ge=0, le=10_000)
+    """Held-out API completion cases measured at each periodic validation, for the curve of
+    API accuracy against training tokens; 0 skips them."""
     log_interval: int = Field(default=10, ge=1)
     """Optimizer steps between progress lines."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"

@@ -193,6 +193,10 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     )
 
 
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _format_duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
@@ -208,6 +212,7 @@ def train_model_loop(
     log: logging.Logger | logging.LoggerAdapter,
     checkpoints: CheckpointStore | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    probe: Callable[[torch.nn.Module], dict[str, Any]] | None = None,
 ) -> TrainResult:
     """Train the model in place; return the loss history and throughput.
 
@@ -216,6 +221,8 @@ def train_model_loop(
     With ``checkpoints``, the run resumes from the newest committed checkpoint and saves one
     every ``checkpoint_interval`` steps and at the end. ``on_progress`` is called on the main
     process with each logged record (step, total_steps, loss, lr, tokens/s, elapsed).
+    ``probe`` measures the model at each periodic validation, on the main process; what it
+    returns joins that validation's record (the API-accuracy curve).
     """
     total_steps = config.total_steps(len(train_rows), accelerator.num_processes)
     optimizer = torch.optim.AdamW(
@@ -341,18 +348,23 @@ def train_model_loop(
                 accelerator.device,
                 accelerator.autocast,
             )
-            result.evals.append(
-                {
-                    "step": step,
-                    "valid_loss": evaluated.loss,
-                    "valid_perplexity": evaluated.perplexity,
-                }
-            )
+            record = {
+                "step": step,
+                "tokens": result.tokens,
+                "valid_loss": evaluated.loss,
+                "valid_perplexity": evaluated.perplexity,
+            }
+            if probe is not None and accelerator.is_main_process:
+                record.update(probe(accelerator.unwrap_model(model)))
+            result.evals.append(record)
             log.info(
-                "step %d validation: loss %.4f | perplexity %.2f",
+                "step %d validation: %s",
                 step,
-                evaluated.loss,
-                evaluated.perplexity,
+                " | ".join(
+                    f"{name} {_short(value)}"
+                    for name, value in record.items()
+                    if name not in ("step", "tokens")
+                ),
             )
             # Validation time is not training time: leave it out of throughput figures.
             eval_seconds = time.perf_counter() - eval_start

@@ -36,6 +36,9 @@ TINY = [
     "train.eval_interval=15",
     "train.log_interval=5",
     "evaluate.max_new_tokens=8",
+    "evaluate.humaneval=true",
+    "evaluate.humaneval_problems=2",
+    "evaluate.humaneval_max_new_tokens=16",
 ]
 
 
@@ -70,12 +73,15 @@ def test_pipeline_end_to_end_then_cached(prefect_server, corpus_dir, any_store, 
     assert [c["name"] for c in result["course_prompts"]][0] == "scatter plot from x, y"
     assert result["api_cases"] > 0 and 0 <= result["api_accuracy"] <= 1
     assert result["valid_rows_evaluated"] == result["valid_rows"]  # the whole split
+    # HumanEval ran its first two problems in the sandbox; a tiny model passes neither.
+    assert result["humaneval"]["problems"] == 2 and result["humaneval"]["passed"] == 0
     folder = published_folder(store, latest_model(store, "codeparrot-ds"))
     for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json"):
         assert (folder / name).is_file(), name
     card = (folder / "README.md").read_text()
     assert "perplexity" in card and "# create scatter plot with x, y" in card
     assert "API accuracy@1" in card and "mean income per profession" in card
+    assert "HumanEval (sandboxed): pass@1 0.0%" in card and "0 of 2 problems" in card
     latest = store.read_json("models/codeparrot-ds/LATEST")
     assert store.uri(latest["path"]) == result["model_uri"]
 

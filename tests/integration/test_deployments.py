@@ -32,6 +32,7 @@ from deployments.stack import (
     stop_group,
 )
 from flows.artifacts import (
+    API_CURVE_KEY,
     DATA_REPORT_KEY,
     LOSS_CURVE_KEY,
     METRICS_KEY,
@@ -130,7 +131,15 @@ def test_pipeline_deployment_runs_on_workers_and_reports_to_the_ui(stack, corpus
     steps = config.train.max_steps
     assert any(f"step {steps}/{steps}" in m and "tok/s" in m for m in training_logs)
 
-    keys = [DATA_REPORT_KEY, PROGRESS_KEY, LOSS_CURVE_KEY, METRICS_KEY, SAMPLES_KEY, MODEL_KEY]
+    keys = [
+        DATA_REPORT_KEY,
+        PROGRESS_KEY,
+        LOSS_CURVE_KEY,
+        API_CURVE_KEY,
+        METRICS_KEY,
+        SAMPLES_KEY,
+        MODEL_KEY,
+    ]
     artifacts = {
         a.key: a
         for a in client.read_artifacts(
@@ -142,6 +151,7 @@ def test_pipeline_deployment_runs_on_workers_and_reports_to_the_ui(stack, corpus
     assert artifacts[PROGRESS_KEY].data == 100.0
     assert "kept" in artifacts[DATA_REPORT_KEY].data
     assert artifacts[LOSS_CURVE_KEY].data.startswith("data:image/svg+xml;base64,")
+    assert artifacts[API_CURVE_KEY].data.startswith("data:image/svg+xml;base64,")
     assert "perplexity" in str(artifacts[METRICS_KEY].data)
     assert "# create scatter plot with x, y" in artifacts[SAMPLES_KEY].data
     assert "/models/codeparrot-ds/" in artifacts[MODEL_KEY].data

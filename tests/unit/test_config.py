@@ -53,6 +53,14 @@ def test_heads_must_divide_width():
         build_config(overrides=["model.n_head=5"])
 
 
+def test_generation_must_leave_room_for_the_prompt_in_the_context():
+    with pytest.raises(
+        ConfigError, match=r"evaluate.humaneval_max_new_tokens \(128\) must be below"
+    ):
+        build_config("ds", overrides=["evaluate.humaneval_max_new_tokens=128"])
+    build_config("ds", overrides=["evaluate.humaneval_max_new_tokens=127"])
+
+
 def test_unknown_preset_and_bad_file(tmp_path):
     with pytest.raises(ConfigError, match="unknown preset"):
         build_config("nope")

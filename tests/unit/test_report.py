@@ -73,8 +73,33 @@ def test_loss_curve_is_an_svg_with_a_line_per_series():
 
 
 def test_loss_curve_of_an_empty_history_says_so():
-    with pytest.raises(ValueError, match="no logged step"):
+    with pytest.raises(ValueError, match="no point to plot"):
         report.loss_curve_svg({"train": [], "valid": []})
+
+
+def test_api_curve_plots_accuracy_against_training_tokens():
+    history = {
+        "train": [],
+        "valid": [
+            {"step": 250, "tokens": 1_024_000, "valid_loss": 3.0, "api_accuracy": 0.0},
+            {
+                "step": 500,
+                "tokens": 2_048_000,
+                "valid_loss": 2.5,
+                "api_accuracy": 0.125,
+                "api_cases": 64,
+            },
+            # A validation without the probe (api_eval_cases=0) is not a point.
+            {"step": 750, "tokens": 3_072_000, "valid_loss": 2.4},
+        ],
+    }
+    assert report.api_curve_points(history) == [(1_024_000, 0.0), (2_048_000, 12.5)]
+    svg = report.api_curve_svg(history)
+    root = ET.fromstring(svg)
+    (line,) = root.findall("{http://www.w3.org/2000/svg}polyline")
+    assert len(line.get("points").split()) == 2
+    assert "64 held-out cases" in svg and "training tokens" in svg and "12.5%" in svg
+    assert report.api_curve_points(HISTORY) == []
 
 
 def test_data_report_counts_what_each_quality_filter_removed():

@@ -6,7 +6,15 @@ import logging
 
 import pytest
 
-from storage.stages import MANIFEST_NAME, StageSpec, load_manifest, run_stage, stage_key
+from storage.stages import (
+    MANIFEST_NAME,
+    DamagedManifestError,
+    StageSpec,
+    input_ref,
+    load_manifest,
+    run_stage,
+    stage_key,
+)
 
 LOG = logging.getLogger("tests")
 SPEC = StageSpec.of("s", {"p": 1}, {}, "v1")
@@ -168,3 +176,12 @@ def test_a_lock_left_by_a_dead_process_is_broken(store):
     calls = []
     run_stage(store, SPEC, _builder(calls), LOG)
     assert calls == [1]
+
+
+def test_an_output_names_the_outputs_it_was_built_from(store):
+    parent = run_stage(store, SPEC, _builder([]), LOG)
+    child_spec = StageSpec.of("t", {}, {"source": parent}, "v1")
+    child = run_stage(store, child_spec, _builder([]), LOG)
+    assert input_ref(store, child, "source") == parent
+    with pytest.raises(DamagedManifestError, match="names no input 'other'"):
+        input_ref(store, child, "other")

@@ -125,3 +125,31 @@ def test_loop_learns():
     assert result.history[-1]["ce"] < result.history[0]["ce"] - 1.0
     assert result.evals[-1]["valid_loss"] < np.log(64) - 1.0
     assert result.tokens == 60 * 16 * 16
+
+
+def test_periodic_validations_record_tokens_and_what_the_probe_measured():
+    model = _tiny_model()
+    config = TrainConfig(
+        batch_size=8,
+        gradient_accumulation_steps=1,
+        max_steps=4,
+        warmup_steps=0,
+        eval_interval=2,
+        eval_batches=1,
+        log_interval=2,
+    )
+    seen = []
+
+    def probe(probed):
+        # The probe gets the bare model, for generation, at each periodic validation.
+        assert isinstance(probed, type(model))
+        seen.append(probed.training)
+        return {"api_accuracy": 0.25, "api_cases": 4}
+
+    rows = _patterned_rows()
+    result = train_model_loop(
+        model, rows, rows, [], config, make_accelerator(config), LOG, probe=probe
+    )
+    assert [(r["step"], r["tokens"]) for r in result.evals] == [(2, 2 * 8 * 16), (4, 4 * 8 * 16)]
+    assert all(r["api_accuracy"] == 0.25 and r["api_cases"] == 4 for r in result.evals)
+    assert len(seen) == 2

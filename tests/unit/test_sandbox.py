@@ -1,0 +1,88 @@
+"""Generated code runs sandboxed: no network, bounded time and memory, no host files; and
+HumanEval is scored by running each completed problem there."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+
+from tasks.humaneval import check_program, load_problems, truncate_completion
+from tasks.sandbox import Limits, run_sandboxed
+
+LIMITS = Limits(timeout_s=3.0, memory_mb=256)
+
+
+def test_a_program_passes_when_it_exits_zero():
+    assert run_sandboxed("assert sum([1, 2]) == 3\n", LIMITS).passed
+    assert run_sandboxed("assert sum([1, 2]) == 4\n", LIMITS).reason == "failed"
+    assert run_sandboxed("def f(:\n    pass\n", LIMITS).reason == "failed"
+
+
+def test_the_network_is_out_of_reach():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    reach = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).close()\n"
+    try:
+        # The same program reaches the listener from here (so the check is real) ...
+        exec(reach, {})
+        # ... and not from the sandbox.
+        assert run_sandboxed(reach, LIMITS).reason == "failed"
+        refused = f"import socket\ntry:\n    {reach.splitlines()[1]}\nexcept OSError:\n    pass\n"
+        assert run_sandboxed(refused, LIMITS).passed
+    finally:
+        listener.close()
+
+
+def test_a_program_that_runs_forever_is_killed_at_the_timeout():
+    start = time.monotonic()
+    outcome = run_sandboxed("while True:\n    pass\n", Limits(timeout_s=1.0))
+    assert outcome.reason == "timeout"
+    assert time.monotonic() - start < 10
+
+
+def test_a_program_that_forks_a_sleeper_does_not_outlive_the_timeout(tmp_path):
+    program = "import os, time\nif os.fork() == 0:\n    time.sleep(60)\ntime.sleep(60)\n"
+    assert run_sandboxed(program, Limits(timeout_s=1.0)).reason == "timeout"
+
+
+def test_memory_is_limited():
+    assert run_sandboxed("block = bytearray(1 << 30)\n", LIMITS).reason == "failed"
+    assert run_sandboxed("block = bytearray(1 << 20)\n", LIMITS).passed
+
+
+def test_it_works_in_a_scratch_folder_and_cannot_write_host_files(tmp_path):
+    assert run_sandboxed("open('scratch.txt', 'w').write('ok')\n", LIMITS).passed
+    target = tmp_path / "host.txt"
+    tmp_path.chmod(0o755)
+    run_sandboxed(f"open({str(target)!r}, 'w').write('x')\n", LIMITS)
+    if os.geteuid() == 0:
+        # Root's code would write anywhere; the sandbox runs it as nobody.
+        assert not target.exists()
+
+
+def test_humaneval_canonical_solutions_pass_and_wrong_bodies_fail():
+    problems = load_problems(3)
+    assert [p["task_id"] for p in problems] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    for problem in problems:
+        solution = check_program(problem, problem["canonical_solution"])
+        assert run_sandboxed(solution, LIMITS).passed, problem["task_id"]
+        assert not run_sandboxed(check_program(problem, "    return None\n"), LIMITS).passed
+
+
+@pytest.mark.parametrize(
+    ("completion", "body"),
+    [
+        ("    return 1\n\ndef other():\n    pass\n", "    return 1\n"),
+        ("    return 1\n# a comment\nprint(2)\n", "    return 1"),
+        ("    x = 1\n    if x:\n        return x\nif __name__ == '__main__':\n", None),
+        ("    return 1", "    return 1"),
+    ],
+)
+def test_a_completion_ends_where_a_new_top_level_statement_starts(completion, body):
+    expected = body if body is not None else completion.split("\nif __name__")[0]
+    assert truncate_completion(completion) == expected
