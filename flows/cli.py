@@ -172,7 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the whole pipeline (finished stages are skipped)")
-    run.add_argument("--preset", help="named preset: smoke (CPU, minutes) or course (GPU, 124M)")
+    run.add_argument(
+        "--preset",
+        help="named preset: smoke (CPU, minutes), ds (data-science packages' usage code, CPU, "
+        "under 30 minutes) or course (GPU, 124M)",
+    )
     run.add_argument(
         "--config", help="YAML/JSON/TOML file of stage settings, applied after the preset"
     )

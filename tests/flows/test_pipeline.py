@@ -75,6 +75,14 @@ def test_pipeline_end_to_end_then_cached(prefect_server, corpus_dir, any_store, 
     assert result["valid_rows_evaluated"] == result["valid_rows"]  # the whole split
     # HumanEval ran its first two problems in the sandbox; a tiny model passes neither.
     assert result["humaneval"]["problems"] == 2 and result["humaneval"]["passed"] == 0
+    # The periodic validations measured API accuracy: the curve against training tokens.
+    training_rel = result["stages"]["training"][len(store.url) + 1 :]
+    history = json.loads(store.read_bytes(f"{training_rel}/history.json"))
+    assert [(r["step"], r["tokens"]) for r in history["valid"]] == [
+        (15, 15 * 16 * 64),
+        (30, 30 * 16 * 64),
+    ]
+    assert all(0 <= r["api_accuracy"] <= 1 and r["api_cases"] > 0 for r in history["valid"])
     folder = published_folder(store, latest_model(store, "codeparrot-ds"))
     for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json"):
         assert (folder / name).is_file(), name
