@@ -1,8 +1,9 @@
 """Running untrusted generated code: a subprocess with no network, limits and a scratch folder.
 
-The child is a fresh ``python -I`` (no site, no environment, no user packages). Before it runs
-the program it leaves the network (its own empty network namespace), drops root to ``nobody``
-(so host files are out of reach), and sets limits on address space, CPU time, file size and
+The child is a fresh ``python -I`` (isolated: no environment variables, no user site, not the
+current folder on the path). Before it runs the program it leaves the network (its own empty
+network namespace), drops root to ``nobody`` (so host files are out of reach, and nobody's
+process count bounds a fork bomb), and sets limits on address space, CPU time, file size and
 open files. The parent kills the whole process group at the wall-clock timeout. The program
 runs in a temporary folder that is removed afterwards.
 """
@@ -57,6 +58,8 @@ if root:
     os.setgroups([])
     os.setgid(NOBODY)
     os.setuid(NOBODY)
+    # nobody runs nothing else here, so this bounds the program's own processes: no fork bomb.
+    resource.setrlimit(resource.RLIMIT_NPROC, (32, 32))
 resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
 resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))

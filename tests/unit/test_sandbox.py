@@ -50,6 +50,22 @@ def test_a_program_that_forks_a_sleeper_does_not_outlive_the_timeout(tmp_path):
     assert run_sandboxed(program, Limits(timeout_s=1.0)).reason == "timeout"
 
 
+def test_a_fork_bomb_is_bounded():
+    if os.geteuid() != 0:
+        pytest.skip("the process limit applies where the sandbox runs code as nobody")
+    program = (
+        "import os, time\n"
+        "children = 0\n"
+        "for _ in range(200):\n"
+        "    if os.fork() == 0:\n"
+        "        time.sleep(30)\n"
+        "        os._exit(0)\n"
+        "    children += 1\n"
+    )
+    # The 33rd fork fails, so the program fails long before its 200 children exist.
+    assert run_sandboxed(program, Limits(timeout_s=5.0)).reason == "failed"
+
+
 def test_memory_is_limited():
     assert run_sandboxed("block = bytearray(1 << 30)\n", LIMITS).reason == "failed"
     assert run_sandboxed("block = bytearray(1 << 20)\n", LIMITS).passed
