@@ -1,0 +1,61 @@
+"""Every benchmark runs for a few steps, so none can rot unnoticed (figures are not checked:
+the machines are noisy; the benches print them beside their baselines)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run_bench(script: str, *args: str, timeout: int = 600) -> str:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def test_tokenize_throughput_bench_prints_ours_beside_raw_tokenizers():
+    out = _run_bench("tokenize_throughput.py", "--megabytes", "0.2", "--vocab", "300")
+    assert "raw tokenizers encode_batch" in out
+    assert "ours, course mode + shards" in out and "ours, packed mode + shards" in out
+
+
+def test_train_throughput_bench_prints_both_loops_and_the_checkpoint_share():
+    out = _run_bench("train_throughput.py", "--steps", "2", "--checkpoint-every", "1")
+    assert "course loop" in out and "our loop" in out
+    assert "checkpoints every 1 steps" in out
+
+
+def test_resume_costs_bench_runs_on_a_few_steps():
+    out = _run_bench(
+        "resume_costs.py",
+        "--kill-after-step=8",
+        *[
+            f"--set={item}"
+            for item in (
+                "corpus.max_bytes=10000000",
+                "filter.valid_fraction=0.2",
+                "tokenizer.vocab_size=500",
+                "train.max_steps=16",
+                "train.checkpoint_interval=4",
+                "train.eval_interval=8",
+                "train.log_interval=2",
+                "train.api_eval_cases=8",
+                "evaluate.api_cases=8",
+            )
+        ],
+    )
+    assert out.count("first_run_s") == 2  # the local folder, then S3
+    assert '"killed_at_step": 8' in out and "lost_steps" in out
