@@ -212,15 +212,18 @@ def api_accuracy(cases: list[Case], completions: list[str]) -> dict:
     }
 
 
+def measure_api_accuracy(model, tokenizer, cases: list[Case], max_new_tokens: int) -> dict:
+    """The model's greedy completions of the cases, scored by ``api_accuracy``."""
+    completions = greedy_completions(model, tokenizer, [c.prompt for c in cases], max_new_tokens)
+    return api_accuracy(cases, completions)
+
+
 def api_probe(tokenizer, cases: list[Case], max_new_tokens: int):
     """A function of a model giving its API accuracy on ``cases``: what the training loop
     measures at each periodic validation, for the curve against training tokens."""
 
     def probe(model) -> dict:
-        completions = greedy_completions(
-            model, tokenizer, [c.prompt for c in cases], max_new_tokens
-        )
-        measured = api_accuracy(cases, completions)
+        measured = measure_api_accuracy(model, tokenizer, cases, max_new_tokens)
         return {
             "api_accuracy": measured["accuracy"],
             "api_passed": measured["passed"],

@@ -25,10 +25,10 @@ from tasks.completion_eval import (
     API_MAX_NEW_TOKENS,
     COURSE_CASES,
     Case,
-    api_accuracy,
     completion_cases,
     course_case_passes,
     greedy_completions,
+    measure_api_accuracy,
     percent,
 )
 from tasks.generation import complete, load_generator
@@ -89,14 +89,11 @@ def generate_completions(model, tokenizer, prompts: list[str], max_new_tokens: i
 
 def measure_completions(model, tokenizer, cases: list[Case], config: EvalConfig) -> dict:
     """API accuracy on the cases and pass/fail on the course's four prompts."""
-    completions = greedy_completions(
-        model, tokenizer, [c.prompt for c in cases], config.api_max_new_tokens
-    )
     course = greedy_completions(
         model, tokenizer, [c["prompt"] for c in COURSE_CASES], config.api_max_new_tokens
     )
     return {
-        "api": api_accuracy(cases, completions),
+        "api": measure_api_accuracy(model, tokenizer, cases, config.api_max_new_tokens),
         "course_prompts": [
             {"name": case["name"], "passed": course_case_passes(case, text), "completion": text}
             for case, text in zip(COURSE_CASES, course, strict=True)

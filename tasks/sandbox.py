@@ -86,8 +86,12 @@ class Limits:
 class Outcome:
     """How a sandboxed program ended."""
 
-    passed: bool
     reason: str  # "passed", "failed" (non-zero exit), or "timeout"
+
+    @property
+    def passed(self) -> bool:
+        """Whether the program exited 0 within the timeout."""
+        return self.reason == "passed"
 
 
 def run_sandboxed(program: str, limits: Limits) -> Outcome:
@@ -130,11 +134,11 @@ def run_sandboxed(program: str, limits: Limits) -> Outcome:
         err.seek(0)
         message = err.read(4096).decode("utf-8", "replace")
     if timed_out:
-        return Outcome(False, "timeout")
+        return Outcome("timeout")
     if child.returncode == NO_SANDBOX_STATUS and message.startswith("sandbox:"):
         raise SandboxError(
             f"{message.strip()}; generated code runs only without network, so run the "
             "HumanEval evaluation where user or network namespaces are allowed (e.g. sysctl "
             "kernel.unprivileged_userns_clone=1) or turn it off"
         )
-    return Outcome(child.returncode == 0, "passed" if child.returncode == 0 else "failed")
+    return Outcome("passed" if child.returncode == 0 else "failed")
