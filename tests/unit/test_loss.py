@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from tasks.training.loss import (
+    LOGIT_CHUNK_ELEMENTS,
+    chunked_weighted_loss,
     course_weighted_loss,
     keytoken_weights,
     normalized_weighted_loss,
@@ -91,3 +93,26 @@ def test_empty_and_unknown_key_tokens_are_never_counted(tokenizer):
     assert "'': empty" in dropped and "'  ': empty" in dropped
     assert "'<|endoftext|>': the unknown or a special token" in dropped
     assert tokenizer.eos_token_id not in resolve_key_tokens(tokenizer, ["pd", "plt"])[0]
+
+
+def test_the_chunked_loss_and_its_gradients_equal_the_full_logits_path(monkeypatch):
+    monkeypatch.setitem(LOGIT_CHUNK_ELEMENTS, "cpu", 7 * 50)  # chunks of 7 rows; 3 x 8 = 24
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 9, 16, dtype=torch.float64, generator=generator, requires_grad=True)
+    embedding = torch.randn(50, 16, dtype=torch.float64, generator=generator, requires_grad=True)
+    inputs = torch.randint(0, 50, (3, 9), generator=generator)
+    scale = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
+
+    loss, sample_ce = chunked_weighted_loss(hidden, embedding, inputs, scale)
+    (3 * loss).backward()
+    chunked_grads = hidden.grad.clone(), embedding.grad.clone()
+    hidden.grad = embedding.grad = None
+    reference_ce = per_sample_loss(inputs, hidden @ embedding.t())
+    reference = (reference_ce * scale).sum()
+    (3 * reference).backward()
+
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    torch.testing.assert_close(sample_ce, reference_ce.float(), rtol=1e-6, atol=1e-6)
+    assert not sample_ce.requires_grad
+    torch.testing.assert_close(chunked_grads[0], hidden.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked_grads[1], embedding.grad, rtol=1e-5, atol=1e-6)
