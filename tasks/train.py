@@ -19,16 +19,21 @@ import tasks.training.checkpoint
 import tasks.training.config
 import tasks.training.data
 import tasks.training.evaluation
+import tasks.training.hooks
 import tasks.training.loop
 import tasks.training.loss
 import tasks.training.model
+import tasks.training.prefetch
+import tasks.training.result
+import tasks.training.state
+import tasks.training.trainer
 import tasks.training_run
 from storage.stages import PartInfo, StageRef, StageSpec, StageWriter, committed_ref, load_manifest
 from storage.store import Store
 from tasks.common import Stage, stage_logger
 from tasks.progress import ProgressArtifact, ProgressCallback
 from tasks.train_launch import launch_training
-from tasks.training.config import CHECKPOINT_FIELDS, ModelConfig, TrainConfig
+from tasks.training.config import EXECUTION_FIELDS, ModelConfig, TrainConfig
 from tasks.training.loop import resolve_mixed_precision
 from tasks.training_run import train_from_shards, training_request
 
@@ -45,9 +50,14 @@ TRAIN = Stage(
         tasks.training.config,
         tasks.training.data,
         tasks.training.evaluation,
+        tasks.training.hooks,
         tasks.training.loop,
         tasks.training.loss,
         tasks.training.model,
+        tasks.training.prefetch,
+        tasks.training.result,
+        tasks.training.state,
+        tasks.training.trainer,
     ),
     libraries=(torch.__version__, transformers.__version__, accelerate.__version__),
     sections=("model", "train"),
@@ -60,7 +70,7 @@ def train_spec(
     """Where the model trained on these tokens with these settings lives."""
     params = {
         "model": model_config.model_dump(mode="json"),
-        "train": train_config.model_dump(mode="json", exclude=CHECKPOINT_FIELDS),
+        "train": train_config.model_dump(mode="json", exclude=EXECUTION_FIELDS),
     }
     return TRAIN.spec(params, {"tokens": tokens, "tokenizer": tokenizer})
 

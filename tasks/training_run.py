@@ -7,6 +7,7 @@ No Prefect here: the stage's task (``tasks.train``) and the multi-process launch
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from tasks.tokenizer import load_stage_tokenizer, token_id_bound
 from tasks.training.checkpoint import CheckpointStore
 from tasks.training.config import ModelConfig, TrainConfig
 from tasks.training.data import TokenRows
+from tasks.training.hooks import TrainHook
 from tasks.training.loop import make_accelerator, train_model_loop
 from tasks.training.loss import resolve_key_tokens
 from tasks.training.model import build_model, gpt2_config
@@ -62,10 +64,12 @@ def train_from_shards(
     writer: StageWriter,
     log,
     on_progress: ProgressCallback | None = None,
+    hooks: Iterable[TrainHook] = (),
 ) -> dict:
     """Build a fresh GPT-2, train it on the token shards, and write it with its history.
 
     The inputs are read from ``store``; the model, history and checkpoints go to ``writer``.
+    ``hooks`` join the training loop's own (``tasks.training.hooks``).
     In a multi-process run every process calls this; only the main process writes the model
     and returns the counts (the others return an empty dict).
     """
@@ -101,6 +105,7 @@ def train_from_shards(
         checkpoints,
         on_progress,
         periodic_api_probe(store, tokens, tokenizer, train_config.api_eval_cases, log),
+        hooks,
     )
     if not accelerator.is_main_process:
         return {}

@@ -2,7 +2,8 @@
 
 Usage: python -m tests.stage_runner tokenize|train ARGS_JSON. The stage runs exactly as in the
 pipeline (``run_stage`` with the stage's own spec and build); only a pause per progress line is
-added, so that the parent can kill it at a known point.
+added, so that the parent can kill it at a known point. A training run writes each step it
+finishes to ``step_file`` (from a training hook), so the parent knows where it was killed.
 """
 
 from __future__ import annotations
@@ -12,26 +13,13 @@ import logging
 import sys
 import time
 from functools import partial
+from pathlib import Path
 
 from storage.stages import StageRef, run_stage
 from storage.store import Store
 
 logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 LOG = logging.getLogger("stage_runner")
-
-
-class SlowLog(logging.LoggerAdapter):
-    """A logger that pauses after every training progress line."""
-
-    def __init__(self, pause: float) -> None:
-        super().__init__(LOG, {})
-        self.pause = pause
-
-    def info(self, msg, *args, **kwargs):
-        super().info(msg, *args, **kwargs)
-        if msg.startswith("step %d/%d"):
-            sys.stdout.flush()
-            time.sleep(self.pause)
 
 
 def run_tokenize(args: dict) -> StageRef:
@@ -51,22 +39,36 @@ def run_tokenize(args: dict) -> StageRef:
 
 
 def run_train(args: dict) -> StageRef:
-    """The train stage, pausing after each progress line."""
+    """The train stage, pausing after each optimizer step."""
     from tasks.train import train_spec
     from tasks.training.config import ModelConfig, TrainConfig
+    from tasks.training.hooks import TrainHook
     from tasks.training_run import train_from_shards
+
+    class SlowSteps(TrainHook):
+        """Records each finished step, then pauses."""
+
+        def on_step(self, loop, output):
+            Path(args["step_file"]).write_text(str(output.step))
+            time.sleep(args["pause"])
 
     tokens = StageRef.model_validate(args["tokens"])
     tokenizer = StageRef.model_validate(args["tokenizer"])
     model_config = ModelConfig.model_validate(args["model"])
     train_config = TrainConfig.model_validate(args["train"])
-    log = SlowLog(args["pause"])
     store = Store(args["store_url"])
     build = partial(
-        train_from_shards, store, tokens, tokenizer, model_config, train_config, log=log
+        train_from_shards,
+        store,
+        tokens,
+        tokenizer,
+        model_config,
+        train_config,
+        log=LOG,
+        hooks=[SlowSteps()],
     )
     spec = train_spec(tokens, tokenizer, model_config, train_config)
-    return run_stage(store, spec, build, log)
+    return run_stage(store, spec, build, LOG)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ from pydantic import Field, field_validator, model_validator
 from tasks.params import StageParams
 
 DEFAULT_KEY_TOKENS = ["plt", "pd", "sk", "fit", "predict"]
-# Settings that change how a run is kept safe, not what it computes: not part of the stage key.
-CHECKPOINT_FIELDS = {"checkpoint_interval", "keep_checkpoints"}
+# Settings that change how a run is executed or kept safe, not what it computes (beyond float
+# rounding): not part of the stage key, so changing one reuses a finished model.
+EXECUTION_FIELDS = {"checkpoint_interval", "keep_checkpoints", "micro_batch_size", "compile"}
 
 
 class ModelConfig(StageParams):
@@ -38,9 +39,18 @@ class TrainConfig(StageParams):
     """The optimisation: batch arithmetic, schedule, precision, loss. Defaults are the course's."""
 
     batch_size: int = Field(default=32, ge=1)
-    """Sequences per device per micro-batch."""
+    """Sequences per process per batch; an optimizer step takes
+    ``gradient_accumulation_steps`` batches from each process."""
     gradient_accumulation_steps: int = Field(default=8, ge=1)
-    """Micro-batches per optimizer step: 32 seqs * 128 tokens * 8 = 32,768 tokens per step."""
+    """Batches per optimizer step: 32 seqs * 128 tokens * 8 = 32,768 tokens per step."""
+    micro_batch_size: int | Literal["auto"] = "auto"
+    """Sequences per forward/backward pass. An optimizer step's rows (batch_size *
+    accumulation on each process) are run in micro-batches of this size; the gradient is the
+    same whatever the size. ``auto``: on a GPU, the largest that fits in its memory (tried
+    at start); on CPU, ``batch_size`` (larger ones measured no faster, see the README)."""
+    compile: bool | Literal["auto"] = "auto"
+    """``torch.compile`` the model and loss for training. ``auto``: on for CUDA, off on CPU,
+    where it was measured no faster (README)."""
     learning_rate: float = Field(default=5e-4, gt=0.0, le=1.0)
     """Peak learning rate, reached after warmup."""
     weight_decay: float = Field(default=0.1, ge=0.0)
@@ -98,6 +108,13 @@ class TrainConfig(StageParams):
         if self.processes is not None:
             return self.processes
         return max(torch.cuda.device_count(), 1)
+
+    @field_validator("micro_batch_size")
+    @classmethod
+    def _positive_micro_batch(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1, or 'auto'")
+        return value
 
     def rows_per_step(self, num_processes: int = 1) -> int:
         """Sequences consumed by one optimizer step across all processes."""

@@ -33,8 +33,18 @@ def test_tokenize_throughput_bench_prints_ours_beside_raw_tokenizers():
 
 
 def test_train_throughput_bench_prints_both_loops_and_the_checkpoint_share():
-    out = _run_bench("train_throughput.py", "--steps", "2", "--checkpoint-every", "1")
-    assert "course loop" in out and "our loop" in out
+    out = _run_bench(
+        "train_throughput.py",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--repeats",
+        "1",
+        "--checkpoint-every",
+        "1",
+    )
+    assert "course loop" in out and "our loop" in out and "peak process RSS" in out
     assert "checkpoints every 1 steps" in out
 
 

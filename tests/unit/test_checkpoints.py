@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pytest
 
+from storage.store import Store
 from tasks.training.checkpoint import CheckpointStore
 from tasks.training.config import ModelConfig, TrainConfig
 from tasks.training.data import TokenRows
+from tasks.training.hooks import TrainHook
 from tasks.training.loop import make_accelerator, train_model_loop
 from tasks.training.model import build_model, gpt2_config
 
@@ -34,29 +37,35 @@ def _rows(n=40, context=16, vocab=64):
     return TokenRows([((starts[:, None] + np.arange(context)) % vocab).astype(np.uint16)])
 
 
-def _train(store=None, crash_at=None):
+def _train(store=None, crash_at=None, config=CONFIG):
     # Dropout on, so that a resumed run must also restore the random generator.
     model_config = ModelConfig(n_layer=1, n_embd=32, n_head=2, dropout=0.1)
-    model = build_model(gpt2_config(model_config, 64, 16, 0), CONFIG.seed)
-    checkpoints = CheckpointStore(store, "ckpt", CONFIG.keep_checkpoints, LOG) if store else None
-    log = _CrashAt(crash_at) if crash_at else LOG
+    model = build_model(gpt2_config(model_config, 64, 16, 0), config.seed)
+    checkpoints = CheckpointStore(store, "ckpt", config.keep_checkpoints, LOG) if store else None
+    hooks = [_CrashAt(crash_at)] if crash_at else []
     rows = _rows()
     return train_model_loop(
-        model, rows, rows, [1, 2], CONFIG, make_accelerator(CONFIG), log, checkpoints
+        model,
+        rows,
+        rows,
+        [1, 2],
+        config,
+        make_accelerator(config),
+        LOG,
+        checkpoints,
+        hooks=hooks,
     )
 
 
-class _CrashAt(logging.LoggerAdapter):
-    """A logger that raises when the loop reports a given step, like a crash mid-run."""
+class _CrashAt(TrainHook):
+    """Raises after a given step, like a crash mid-run."""
 
     def __init__(self, step):
-        super().__init__(LOG, {})
         self.step = step
 
-    def info(self, msg, *args, **kwargs):
-        if msg.startswith("step %d/%d") and args[0] == self.step:
+    def on_step(self, loop, output):
+        if output.step == self.step:
             raise KeyboardInterrupt(f"crash at step {self.step}")
-        super().info(msg, *args, **kwargs)
 
 
 def _losses(result):
@@ -149,3 +158,64 @@ def test_a_crafted_checkpoint_is_skipped_for_the_one_before(store, tmp_path, cap
     assert not marker.exists()
     assert resumed.resumed_from == 5 and resumed.steps == 16
     assert "skipped" in caplog.text
+
+
+class _Events(TrainHook):
+    """Records steps and committed checkpoints in the order the loop reports them."""
+
+    def __init__(self):
+        self.events = []
+
+    def on_step(self, loop, output):
+        self.events.append(("step", output.step))
+
+    def on_checkpoint(self, loop, report):
+        self.events.append(("checkpoint", report.step))
+
+
+class _SlowStateStore(Store):
+    """A store whose checkpoint state writes take a while, as a large one to S3 does."""
+
+    def write_bytes(self, rel, data):
+        if rel.endswith("/state.pt"):
+            time.sleep(0.5)
+        super().write_bytes(rel, data)
+
+
+def test_checkpoints_are_written_in_the_background_and_reported_once_committed(tmp_path):
+    store = _SlowStateStore(str(tmp_path / "store"))
+    events = _Events()
+    config = CONFIG.model_copy(update={"max_steps": 16})
+    model = build_model(gpt2_config(ModelConfig(n_layer=1, n_embd=32, n_head=2), 64, 16, 0), 1)
+    rows = _rows()
+    result = train_model_loop(
+        model,
+        rows,
+        rows,
+        [1, 2],
+        config,
+        make_accelerator(config),
+        LOG,
+        CheckpointStore(store, "ckpt", 2, LOG),
+        hooks=[events],
+    )
+    committed = [step for kind, step in events.events if kind == "checkpoint"]
+    assert committed == [5, 10, 15, 16]  # the last one too, before the loop returns
+    # Training went on while the checkpoint of step 5 was being written (0.5 s).
+    assert events.events.index(("checkpoint", 5)) > events.events.index(("step", 7))
+    assert result.checkpoints == 4
+    assert CheckpointStore(store, "ckpt", 2, LOG).committed_steps() == [15, 16]
+
+
+class _FailingStateStore(Store):
+    def write_bytes(self, rel, data):
+        if rel.endswith("/state.pt"):
+            raise OSError("disk full")
+        super().write_bytes(rel, data)
+
+
+def test_a_failed_background_checkpoint_stops_training_with_its_error(tmp_path):
+    store = _FailingStateStore(str(tmp_path / "store"))
+    with pytest.raises(OSError, match="disk full"):
+        _train(store)
+    assert CheckpointStore(store, "ckpt", 2, LOG).committed_steps() == []
