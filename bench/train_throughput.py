@@ -1,20 +1,31 @@
-"""Training tokens/s: our Accelerate loop beside the course's plain loop, in one run.
+"""Training tokens/s: our loop beside the course's loop, in one run, with MFU and peak memory.
 
-Same model size, same token rows, same machine. Token values do not change the arithmetic, so
-the rows are drawn at random from the vocabulary; pass --preset course on a GPU for the 124M model.
-With --checkpoint-every N, our loop also saves checkpoints to a local folder every N steps and
-the share of time they took is printed. On a GPU, model FLOPs utilisation is printed against
-the card's dense bf16 peak (--peak-tflops, 989 for an H100 SXM).
+Same model shape, same token rows, same machine, same precision. The course's loop is the one
+it publishes (modern Accelerate API) on the course's model (``gelu_new`` GELU, full logits);
+ours is ``train_model_loop`` as the pipeline runs it. Token values do not change the
+arithmetic, so the rows are drawn at random from the vocabulary. Each loop runs in a fresh
+process (so each one's peak memory is its own), alternating, ``--repeats`` times; the first
+``--warmup`` steps of each (compilation, allocator warm-up) are not timed. With
+``--checkpoint-every N``, our loop also saves checkpoints to a local folder, and the share of
+its time training waited for them is printed. On a GPU, model FLOPs utilisation is printed
+against the card's dense bf16 peak (``--peak-tflops``, 989 for an H100 SXM).
 
-    python bench/train_throughput.py [--preset smoke|course] [--steps N] [--checkpoint-every N]
+    python bench/train_throughput.py [--preset smoke|course|ds] [--steps N] [--repeats N]
+        [--checkpoint-every N] [--set section.field=value ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import resource
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,22 +33,33 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import get_scheduler
 
+from flows.config import build_config
 from flows.presets import PRESETS
 from storage.store import Store
 from tasks.training.checkpoint import CheckpointStore
 from tasks.training.config import ModelConfig, TrainConfig
 from tasks.training.data import TokenRows
+from tasks.training.hooks import TrainHook
 from tasks.training.loop import make_accelerator, resolve_mixed_precision, train_model_loop
 from tasks.training.loss import course_weighted_loss
 from tasks.training.model import build_model, gpt2_config
 
 KEYTOKEN_IDS = [11, 22, 33, 44]
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def course_loop(model, rows: np.ndarray, train, steps: int) -> float:
-    """The course's loop as published (modern Accelerate API); returns tokens/s."""
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def course_loop(rows: np.ndarray, model_settings, train, vocab: int, steps: int, warmup: int):
+    """The course's loop as published, on the course's model; returns timed tokens/s."""
+    config = gpt2_config(model_settings, vocab, rows.shape[1], 0)
+    config.activation_function = "gelu_new"  # what the course's AutoConfig("gpt2") holds
+    model = build_model(config, seed=0)
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(train.mixed_precision))
-    dataset = TensorDataset(torch.from_numpy(rows))
+    dataset = TensorDataset(torch.from_numpy(rows.astype(np.int64)))
     dataloader = DataLoader(dataset, batch_size=train.batch_size, shuffle=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate)
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
@@ -57,21 +79,37 @@ def course_loop(model, rows: np.ndarray, train, steps: int) -> float:
                 scheduler.step()
                 optimizer.zero_grad()
                 completed += 1
-                if completed == 1:  # the first step pays for warm-up; time the rest
-                    if torch.cuda.is_available():
-                        torch.cuda.synchronize()
+                if completed == warmup:
+                    _synchronize()
                     start = time.perf_counter()
                 if completed == steps:
                     break
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    tokens = (steps - 1) * train.rows_per_step() * rows.shape[1]
-    return tokens / (time.perf_counter() - start)
+    _synchronize()
+    tokens = (steps - warmup) * train.rows_per_step() * rows.shape[1]
+    return {"tokens_per_second": tokens / (time.perf_counter() - start)}
 
 
-def our_loop(model, rows: np.ndarray, train, steps: int, checkpoint_every: int | None = None):
-    """Our loop over the same rows; returns tokens/s (validation and checkpoints excluded) and
-    the share of the run spent saving checkpoints."""
+class _Timer(TrainHook):
+    """Times the steps after the warm-up, leaving out validation and checkpoint waits."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.steps = warmup, steps
+        self.start = self.seconds = 0.0
+        self.paused = 0.0
+
+    def on_step(self, loop, output) -> None:
+        if output.step in (self.warmup, self.steps):
+            _synchronize()
+            now, paused = time.perf_counter(), loop.paused_seconds()
+            if output.step == self.warmup:
+                self.start, self.paused = now, paused
+            else:
+                self.seconds = now - self.start - (paused - self.paused)
+
+
+def our_loop(rows, model_settings, train, vocab: int, steps: int, warmup: int, every):
+    """Our loop over the same rows; returns timed tokens/s and, with checkpoints, the share
+    of the timed steps' time training waited for them."""
     config = train.model_copy(
         update={
             "max_steps": steps,
@@ -79,14 +117,16 @@ def our_loop(model, rows: np.ndarray, train, steps: int, checkpoint_every: int |
             "eval_batches": 1,
             "log_interval": steps,
             "epochs": 1000.0,
-            "checkpoint_interval": checkpoint_every or steps,
+            "api_eval_cases": 0,
+            "checkpoint_interval": every or steps,
         }
     )
+    model = build_model(gpt2_config(model_settings, vocab, rows.shape[1], 0), seed=0)
     token_rows = TokenRows([rows])
     log = logging.getLogger("bench")
-    logging.disable(logging.INFO)
+    timer = _Timer(warmup, steps)
     with tempfile.TemporaryDirectory(prefix="bench-checkpoints-") as folder:
-        checkpoints = CheckpointStore(Store(folder), "ckpt", 2, log) if checkpoint_every else None
+        checkpoints = CheckpointStore(Store(folder), "ckpt", 2, log) if every else None
         result = train_model_loop(
             model,
             token_rows,
@@ -96,11 +136,42 @@ def our_loop(model, rows: np.ndarray, train, steps: int, checkpoint_every: int |
             make_accelerator(config),
             log,
             checkpoints,
+            hooks=[timer],
         )
-    logging.disable(logging.NOTSET)
-    share = result.checkpoint_seconds / (result.seconds - result.eval_seconds)
-    per_checkpoint = result.checkpoint_seconds / max(result.checkpoints, 1)
-    return result.tokens_per_second, share, per_checkpoint
+    tokens = (steps - warmup) * config.rows_per_step() * rows.shape[1]
+    train_seconds = result.seconds - result.eval_seconds
+    return {
+        "tokens_per_second": tokens / timer.seconds,
+        "checkpoint_share": result.checkpoint_seconds / train_seconds if every else None,
+        "checkpoint_wait": result.checkpoint_seconds / max(result.checkpoints, 1),
+    }
+
+
+def settings(args) -> tuple[ModelConfig, TrainConfig, int]:
+    """The preset's model and training settings with the --set overrides, and its context."""
+    config = build_config(args.preset, overrides=args.set)
+    return config.model, config.train, config.tokenize.context_length
+
+
+def run_one(args) -> dict:
+    """One loop in this process: its figures and peak memory, as JSON."""
+    model, train, context = settings(args)
+    rows_needed = train.rows_per_step() * (args.steps + 1)
+    rows = np.random.default_rng(0).integers(0, args.vocab, (rows_needed, context))
+    rows = rows.astype(np.uint16)
+    if args.loop == "course":
+        figures = course_loop(rows, model, train, args.vocab, args.steps, args.warmup)
+    else:
+        figures = our_loop(
+            rows, model, train, args.vocab, args.steps, args.warmup, args.checkpoint_every
+        )
+    if torch.cuda.is_available():
+        figures["peak_memory"] = torch.cuda.max_memory_allocated() / 2**30
+        figures["memory_kind"] = "GPU memory allocated"
+    else:
+        figures["peak_memory"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        figures["memory_kind"] = "process RSS"
+    return figures
 
 
 def flops_per_token(params: int, n_layer: int, n_embd: int, context: int) -> float:
@@ -108,29 +179,39 @@ def flops_per_token(params: int, n_layer: int, n_embd: int, context: int) -> flo
     return 6 * params + 12 * n_layer * n_embd * context
 
 
+def _child(args, loop: str) -> dict:
+    command = [sys.executable, __file__, "--loop", loop, *sys.argv[1:]]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the {loop} loop failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="smoke", choices=sorted(PRESETS))
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed first steps")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--checkpoint-every", type=int, default=None)
     parser.add_argument("--peak-tflops", type=float, default=989.0)
+    parser.add_argument("--set", action="append", default=[], help="section.field=value")
+    parser.add_argument("--loop", choices=["course", "ours"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    preset = PRESETS[args.preset]
-    model_settings = ModelConfig(**preset.get("model", {}))
-    train = TrainConfig(**preset.get("train", {}))
-    context = preset.get("tokenize", {}).get("context_length", 128)
-    rows_needed = train.rows_per_step() * (args.steps + 1)
-    rows = (
-        np.random.default_rng(0).integers(0, args.vocab, (rows_needed, context)).astype(np.uint16)
-    )
-    model_config = gpt2_config(model_settings, args.vocab, context, 0)
+    if not 1 <= args.warmup < args.steps:
+        parser.error("--warmup must be at least 1 and below --steps")
+    if args.loop:
+        print(json.dumps(run_one(args)))
+        return
 
-    model = build_model(model_config, seed=0)
+    model_settings, train, context = settings(args)
+    model = build_model(gpt2_config(model_settings, args.vocab, context, 0), seed=0)
     params = sum(p.numel() for p in model.parameters())
-    baseline = course_loop(model, rows.astype(np.int64), train, args.steps)
-    model = build_model(model_config, seed=0)
-    ours, share, per_checkpoint = our_loop(model, rows, train, args.steps, args.checkpoint_every)
+    runs = {"course": [], "ours": []}
+    for _ in range(args.repeats):
+        for loop in runs:
+            runs[loop].append(_child(args, loop))
     device = (
         torch.cuda.get_device_name()
         if torch.cuda.is_available()
@@ -139,11 +220,20 @@ def main() -> None:
     print(
         f"device: {device}; preset {args.preset}: {params / 1e6:.1f}M parameters, "
         f"{train.batch_size} x {context} tokens x {train.gradient_accumulation_steps} "
-        f"accumulation, {args.steps} optimizer steps each, mixed precision "
-        f"{resolve_mixed_precision(train.mixed_precision)}"
+        f"accumulation, {args.steps} optimizer steps each ({args.warmup} untimed), "
+        f"mixed precision {resolve_mixed_precision(train.mixed_precision)}; "
+        f"{args.repeats} alternating run(s) of each loop, medians"
     )
-    for name, value in (("course loop", baseline), ("our loop", ours)):
-        line = f"  {name:<12} {value:>12,.0f} tokens/s   {value / baseline:5.2f}x"
+    baseline = statistics.median(r["tokens_per_second"] for r in runs["course"])
+    for name, loop in (("course loop", "course"), ("our loop", "ours")):
+        rates = [r["tokens_per_second"] for r in runs[loop]]
+        value = statistics.median(rates)
+        memory = max(r["peak_memory"] for r in runs[loop])
+        line = (
+            f"  {name:<12} {value:>12,.0f} tokens/s   {value / baseline:5.2f}x   "
+            f"(runs: {', '.join(f'{rate:,.0f}' for rate in rates)})   "
+            f"peak {runs[loop][0]['memory_kind']} {memory:.2f} GiB"
+        )
         if torch.cuda.is_available():
             flops = value * flops_per_token(
                 params, model_settings.n_layer, model_settings.n_embd, context
@@ -151,12 +241,16 @@ def main() -> None:
             line += f"   MFU {flops / (args.peak_tflops * 1e12):6.1%}"
         print(line)
     if args.checkpoint_every:
+        share = statistics.median(r["checkpoint_share"] for r in runs["ours"])
+        wait = statistics.median(r["checkpoint_wait"] for r in runs["ours"])
+        ours = statistics.median(r["tokens_per_second"] for r in runs["ours"])
         step_seconds = train.rows_per_step() * context / ours
+        interval = train.checkpoint_interval
         print(
-            f"  checkpoints every {args.checkpoint_every} steps: {per_checkpoint:.2f} s each, "
-            f"{share:.2%} of our loop's time; at the preset's interval of "
-            f"{train.checkpoint_interval} steps ({step_seconds:.3f} s each) that is "
-            f"{per_checkpoint / (per_checkpoint + train.checkpoint_interval * step_seconds):.2%}"
+            f"  checkpoints every {args.checkpoint_every} steps: training waited {wait:.3f} s "
+            f"each, {share:.2%} of our loop's time; at the preset's interval of {interval} "
+            f"steps ({step_seconds:.3f} s each) that is "
+            f"{wait / (wait + interval * step_seconds):.2%}"
         )
 
 

@@ -191,12 +191,12 @@ class Trainer:
             total = weights.sum()
             if accelerator.num_processes > 1:
                 total = accelerator.reduce(total, reduction="sum")
+            scale = weights / total
             # DDP averages gradients over processes; the step's loss is their sum.
             grad_scale = accelerator.num_processes
         else:
-            total = torch.tensor(float(rows.shape[0]), device=rows.device)
+            scale = weights / rows.shape[0]
             grad_scale = 1
-        scale = weights / total
         loss_sum = torch.zeros((), device=rows.device)
         ce_sum = torch.zeros((), device=rows.device)
         starts = range(0, rows.shape[0], self.micro_batch_size)

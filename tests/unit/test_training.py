@@ -12,6 +12,7 @@ import torch
 from tasks.training.config import ModelConfig, TrainConfig
 from tasks.training.data import BatchStream, StreamPosition, TokenRows
 from tasks.training.loop import make_accelerator, train_model_loop
+from tasks.training.loss import course_weighted_loss, normalized_weighted_loss
 from tasks.training.model import build_model, gpt2_config, parameter_groups
 
 LOG = logging.getLogger("tests")
@@ -82,11 +83,12 @@ def test_batch_stream_resumes_at_a_position_and_splits_ranks():
     assert sorted(seen) == list(range(0, 48, 2))
 
 
-def _one_step(batch_size, accumulation, loss="normalized"):
+def _one_step(batch_size, accumulation, loss="normalized", micro_batch_size="auto"):
     model = _tiny_model()
     config = TrainConfig(
         batch_size=batch_size,
         gradient_accumulation_steps=accumulation,
+        micro_batch_size=micro_batch_size,
         max_steps=1,
         warmup_steps=0,
         lr_scheduler="constant_with_warmup",
@@ -99,9 +101,11 @@ def _one_step(batch_size, accumulation, loss="normalized"):
     return model, result
 
 
-def test_accumulation_equals_one_big_batch():
-    big, big_result = _one_step(batch_size=8, accumulation=1)
-    small, small_result = _one_step(batch_size=4, accumulation=2)
+@pytest.mark.parametrize("loss", ["normalized", "course"])
+@pytest.mark.parametrize("micro_batch_size", ["auto", 3])
+def test_accumulation_equals_one_big_batch(loss, micro_batch_size):
+    big, big_result = _one_step(batch_size=8, accumulation=1, loss=loss)
+    small, small_result = _one_step(4, 2, loss=loss, micro_batch_size=micro_batch_size)
     assert small_result.history[0]["loss"] == pytest.approx(big_result.history[0]["loss"], rel=1e-5)
     for a, b in zip(big.parameters(), small.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -153,3 +157,16 @@ def test_periodic_validations_record_tokens_and_what_the_probe_measured():
     assert [(r["step"], r["tokens"]) for r in result.evals] == [(2, 2 * 8 * 16), (4, 4 * 8 * 16)]
     assert all(r["api_accuracy"] == 0.25 and r["api_cases"] == 4 for r in result.evals)
     assert len(seen) == 2
+
+
+@pytest.mark.parametrize("loss", ["normalized", "course"])
+def test_the_logged_loss_is_the_loss_of_the_formula_on_the_first_rows(loss):
+    _, result = _one_step(batch_size=4, accumulation=2, loss=loss, micro_batch_size=3)
+    stream = BatchStream(_patterned_rows(), 4, TrainConfig().seed).iterate()
+    rows = torch.cat([next(stream)[1], next(stream)[1]])
+    model = _tiny_model()
+    with torch.no_grad():
+        logits = model(rows).logits
+    formula = course_weighted_loss if loss == "course" else normalized_weighted_loss
+    expected = formula(rows, logits, [3, 5, 7]).item()
+    assert result.history[0]["loss"] == pytest.approx(expected, rel=1e-5)
