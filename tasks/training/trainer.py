@@ -142,7 +142,8 @@ class Trainer:
 
         On a GPU ``memory`` is its allocator's; on CPU, with none given, the micro-batch stays
         ``batch_size`` (its memory cannot be measured, and larger ones ran no faster). The
-        trials leave no gradients and do not shift the run's random stream.
+        trials leave no gradients and do not shift the run's random stream; with several
+        processes, all take the smallest size any of them found.
         """
         if self.config.micro_batch_size != "auto":
             return
@@ -161,9 +162,11 @@ class Trainer:
             rows = positions.expand(size, -1).contiguous()
             memory.reset_peak()
             try:
-                with self.accelerator.autocast():
-                    loss, _ = self.forward(rows, torch.ones(size, device=device))
-                loss.backward()
+                # Uncompiled (a compiled trial per size would leave a dynamic-shape graph; the
+                # eager pass peaks no lower) and without gradient all-reduces.
+                with self.accelerator.no_sync(self.loss_model), self.accelerator.autocast():
+                    loss, _ = self.loss_model(rows, torch.ones(size, device=device))
+                    loss.backward()
                 peak = memory.peak()
             except torch.OutOfMemoryError:
                 peak = None
@@ -174,7 +177,10 @@ class Trainer:
             log.info("micro-batch of %d rows: %s", size, "fits" if ok else "does not fit")
             return ok
 
-        self.micro_batch_size = largest_micro_batch(self.rows_per_process, fits)
+        size = largest_micro_batch(self.rows_per_process, fits)
+        if self.accelerator.num_processes > 1:  # every process runs the same micro-batches
+            size = int(self.accelerator.gather(torch.tensor([size], device=device)).min())
+        self.micro_batch_size = size
         set_rng_state(saved_rng)
 
     def train_step(self, step: int, rows: torch.Tensor) -> StepOutput:
