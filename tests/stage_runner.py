@@ -1,7 +1,7 @@
 """Runs one stage in a child process, so that a fault test can SIGKILL it mid-stage.
 
 Usage: python -m tests.stage_runner tokenize|train ARGS_JSON. The stage runs exactly as in the
-pipeline (``run_stage`` with the stage's own spec and build); only a pause per progress line is
+pipeline (``run_stage`` with the stage's own spec and build); only a pause per batch or step is
 added, so that the parent can kill it at a known point. A training run writes each step it
 finishes to ``step_file`` (from a training hook), so the parent knows where it was killed.
 """

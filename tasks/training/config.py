@@ -49,8 +49,8 @@ class TrainConfig(StageParams):
     same whatever the size. ``auto``: on a GPU, the largest that fits in its memory (tried
     at start); on CPU, ``batch_size`` (larger ones measured no faster, see the README)."""
     compile: bool | Literal["auto"] = "auto"
-    """``torch.compile`` the model and loss for training. ``auto``: on for CUDA, off on CPU,
-    where it was measured no faster (README)."""
+    """``torch.compile`` the model for training (the chunked loss stays eager, see the loss
+    module). ``auto``: on for CUDA, off on CPU, where it gained too little (README)."""
     learning_rate: float = Field(default=5e-4, gt=0.0, le=1.0)
     """Peak learning rate, reached after warmup."""
     weight_decay: float = Field(default=0.1, ge=0.0)
