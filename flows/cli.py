@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--training-deployment",
         metavar="FLOW/DEPLOYMENT",
         help="train on this deployment's workers, e.g. codeparrot-ds-train/gpu (needs a "
-        "Prefect server with the deployments and a store both machines reach)",
+        "Prefect server with the deployments and a store both machines reach), or 'local' "
+        "(default: $CODEPARROT_TRAINING_DEPLOYMENT, else local)",
     )
     run.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit"

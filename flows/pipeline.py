@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from flows.artifacts import publish_data_report, publish_model_link, publish_training_report
 from flows.config import PRESETS, PipelineConfig, build_config
+from flows.routing import describe_route, resolve_training_route
 from storage.store import Store
 from tasks.common import open_run_store
 from tasks.corpus import stream_corpus
@@ -38,12 +40,15 @@ def codeparrot_pipeline(
         preset: A named preset to run instead of `config`: smoke (CPU, minutes) or course (GPU).
         store_url: Where stage outputs live (a folder or s3://bucket/prefix); empty uses the
             worker's $CODEPARROT_STORE, else ./codeparrot-store.
-        training_deployment: Train on this deployment's workers (e.g. codeparrot-ds-train/gpu)
-            instead of in this flow run; the training run needs only the store.
+        training_deployment: Train on this deployment's workers (e.g. codeparrot-ds-train/gpu),
+            or "local" to train in this flow run. Empty means the deployment's default route
+            ($CODEPARROT_TRAINING_DEPLOYMENT; the pipeline deployments set the gpu pool).
         config: Every stage's settings (the defaults are the course's 124M run); ignored when
             a preset is chosen.
     """
     started = time.perf_counter()
+    route, source = resolve_training_route(training_deployment, os.environ)
+    get_run_logger().info(describe_route(route, source))
     if preset is not None:
         config = build_config(preset)
     store_url = open_run_store(store_url)
@@ -52,9 +57,9 @@ def codeparrot_pipeline(
     tokenizer = train_tokenizer(documents, config.tokenizer, store_url)
     tokens = tokenize_to_shards(documents, tokenizer, config.tokenize, store_url)
     publish_data_report(corpus, documents, tokens)
-    if training_deployment:
+    if route:
         training = train_model_on_deployment(
-            tokens, tokenizer, config.model, config.train, store_url, training_deployment
+            tokens, tokenizer, config.model, config.train, store_url, route
         )
     else:
         training = train_model(tokens, tokenizer, config.model, config.train, store_url)

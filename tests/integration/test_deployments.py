@@ -96,9 +96,9 @@ def _logs(client: SyncPrefectClient, run_id: UUID) -> list[str]:
 def test_pipeline_deployment_runs_on_workers_and_reports_to_the_ui(stack, corpus_dir):
     client, root = stack
     config = _config(corpus_dir)
-    run_id = _start(
-        client, "codeparrot-ds-pipeline/on-demand", {"config": config.model_dump(mode="json")}
-    )
+    # A null route, as the UI stores after a schedule edit: the deployment's default route.
+    parameters = {"config": config.model_dump(mode="json"), "training_deployment": None}
+    run_id = _start(client, "codeparrot-ds-pipeline/on-demand", parameters)
     run = _wait(client, run_id, root)
     assert run.state.is_completed(), run.state.message
 
@@ -116,7 +116,12 @@ def test_pipeline_deployment_runs_on_workers_and_reports_to_the_ui(stack, corpus
         "publish-model",
     } <= names
     assert all(t.state.is_completed() for t in task_runs)
-    assert any("tokens:" in m or "committed" in m for m in _logs(client, run_id))
+    pipeline_logs = _logs(client, run_id)
+    assert any("tokens:" in m or "committed" in m for m in pipeline_logs)
+    assert (
+        "training runs on the deployment codeparrot-ds-train/gpu (from "
+        "$CODEPARROT_TRAINING_DEPLOYMENT, the deployment's default route)"
+    ) in pipeline_logs
 
     # Training ran as its own flow run on the gpu pool, a child of the pipeline's run, and its
     # progress lines reached the UI.
@@ -201,9 +206,9 @@ def test_a_failed_stage_is_shown_with_what_to_do(stack, tmp_path):
     empty = tmp_path / "no-python-here"
     empty.mkdir()
     config = _config(empty)
-    run_id = _start(
-        client, "codeparrot-ds-pipeline/on-demand", {"config": config.model_dump(mode="json")}
-    )
+    # A null route, as the UI stores after a schedule edit: the deployment's default route.
+    parameters = {"config": config.model_dump(mode="json"), "training_deployment": None}
+    run_id = _start(client, "codeparrot-ds-pipeline/on-demand", parameters)
     run = _wait(client, run_id, root)
     assert run.state.is_failed()
     task_runs = client.read_task_runs(
