@@ -136,7 +136,7 @@ def train_model_loop(
         first_step=result.steps + 1,
     )
     checkpointing = (
-        Checkpointing(CheckpointSaver(checkpoints, accelerator, log)) if checkpoints else None
+        Checkpointing(CheckpointSaver(checkpoints, accelerator)) if checkpoints else None
     )
     loop.hooks = [
         ProgressLog(on_progress),

@@ -23,11 +23,8 @@ def keytoken_weights(
     """Each sample's weight, alpha * (1 + number of key tokens in it): shape (batch,).
 
     ``keytoken_ids`` may be a tensor already on the device (the loop's, to copy it once)."""
-    if isinstance(keytoken_ids, torch.Tensor) or keytoken_ids:
-        keys = torch.as_tensor(keytoken_ids, device=input_ids.device)
-        counts = torch.isin(input_ids, keys).sum(dim=1).float()
-    else:
-        counts = torch.zeros(input_ids.size(0), device=input_ids.device)
+    keys = torch.as_tensor(keytoken_ids, dtype=torch.long, device=input_ids.device)
+    counts = torch.isin(input_ids, keys).sum(dim=1).float()  # no keys: zero counts
     return alpha * (1.0 + counts)
 
 

@@ -98,19 +98,13 @@ class CheckpointSaver:
     slow store slows training instead of piling up copies of the state in memory.
     """
 
-    def __init__(
-        self,
-        checkpoints: CheckpointStore,
-        accelerator: Accelerator,
-        log: logging.Logger | logging.LoggerAdapter,
-    ) -> None:
+    def __init__(self, checkpoints: CheckpointStore, accelerator: Accelerator) -> None:
         self.checkpoints = checkpoints
         self.accelerator = accelerator
-        self.log = log
         self.mirror = HostMirror()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self.pending: Future | None = None
-        self._finished: list[CheckpointReport] = []
+        self.finished: list[CheckpointReport] = []
 
     def save(self, step: int, position: StreamPosition, state: dict[str, Any]) -> float:
         """Start saving the state at ``step``; return the seconds training was held up.
@@ -119,7 +113,7 @@ class CheckpointSaver:
         result); other processes pass their view of it and only their rank file is written.
         """
         start = time.perf_counter()
-        self._finished.extend(self.wait())
+        self._collect(block=True)
         accelerator = self.accelerator
         rank_state = {"rng": rng_state(), "position": vars(position)}
         self.checkpoints.write_file(
@@ -141,27 +135,30 @@ class CheckpointSaver:
         self.checkpoints.commit(step, names, {"world": self.accelerator.num_processes})
         return CheckpointReport(step, blocking, time.perf_counter() - start)
 
-    def committed(self) -> list[CheckpointReport]:
-        """Checkpoints committed since the last call, without waiting for one under way."""
-        if self.pending is not None and self.pending.done():
-            self._finished.extend(self.wait())
-        finished, self._finished = self._finished, []
+    def _collect(self, block: bool) -> None:
+        """Move the save under way to ``finished`` once it is done (waiting for it with
+        ``block``); raise what it raised."""
+        if self.pending is not None and (block or self.pending.done()):
+            pending, self.pending = self.pending, None
+            self.finished.append(pending.result())
+
+    def _take_finished(self) -> list[CheckpointReport]:
+        finished, self.finished = self.finished, []
         return finished
 
-    def wait(self) -> list[CheckpointReport]:
-        """Wait for the save under way, if any; raise what it raised."""
-        pending, self.pending = self.pending, None
-        return [pending.result()] if pending is not None else []
+    def committed(self) -> list[CheckpointReport]:
+        """Checkpoints committed since the last call, without waiting for one under way."""
+        self._collect(block=False)
+        return self._take_finished()
 
     def close(self) -> list[CheckpointReport]:
         """Wait for the save under way and stop the background thread; return what is
         committed and not yet reported."""
         try:
-            self._finished.extend(self.wait())
+            self._collect(block=True)
         finally:
             self.executor.shutdown(wait=True)
-        finished, self._finished = self._finished, []
-        return finished
+        return self._take_finished()
 
 
 def parse_checkpoint(

@@ -155,10 +155,10 @@ class Trainer:
         # AdamW keeps two fp32 moments per parameter, created at the first step.
         optimizer_bytes = 2 * 4 * sum(p.numel() for p in self.model.parameters())
         saved_rng = rng_state()
+        vocab = self.model.get_input_embeddings().num_embeddings
+        positions = torch.arange(context_length, device=device) % vocab
 
         def fits(size: int) -> bool:
-            vocab = self.model.get_input_embeddings().num_embeddings
-            positions = torch.arange(context_length, device=device) % vocab
             rows = positions.expand(size, -1).contiguous()
             memory.reset_peak()
             try:

@@ -37,20 +37,20 @@ def _rows(n=40, context=16, vocab=64):
     return TokenRows([((starts[:, None] + np.arange(context)) % vocab).astype(np.uint16)])
 
 
-def _train(store=None, crash_at=None, config=CONFIG):
+def _train(store=None, crash_at=None, hooks=()):
     # Dropout on, so that a resumed run must also restore the random generator.
     model_config = ModelConfig(n_layer=1, n_embd=32, n_head=2, dropout=0.1)
-    model = build_model(gpt2_config(model_config, 64, 16, 0), config.seed)
-    checkpoints = CheckpointStore(store, "ckpt", config.keep_checkpoints, LOG) if store else None
-    hooks = [_CrashAt(crash_at)] if crash_at else []
+    model = build_model(gpt2_config(model_config, 64, 16, 0), CONFIG.seed)
+    checkpoints = CheckpointStore(store, "ckpt", CONFIG.keep_checkpoints, LOG) if store else None
+    hooks = [*hooks, *([_CrashAt(crash_at)] if crash_at else [])]
     rows = _rows()
     return train_model_loop(
         model,
         rows,
         rows,
         [1, 2],
-        config,
-        make_accelerator(config),
+        CONFIG,
+        make_accelerator(CONFIG),
         LOG,
         checkpoints,
         hooks=hooks,
@@ -185,20 +185,7 @@ class _SlowStateStore(Store):
 def test_checkpoints_are_written_in_the_background_and_reported_once_committed(tmp_path):
     store = _SlowStateStore(str(tmp_path / "store"))
     events = _Events()
-    config = CONFIG.model_copy(update={"max_steps": 16})
-    model = build_model(gpt2_config(ModelConfig(n_layer=1, n_embd=32, n_head=2), 64, 16, 0), 1)
-    rows = _rows()
-    result = train_model_loop(
-        model,
-        rows,
-        rows,
-        [1, 2],
-        config,
-        make_accelerator(config),
-        LOG,
-        CheckpointStore(store, "ckpt", 2, LOG),
-        hooks=[events],
-    )
+    result = _train(store, hooks=[events])
     committed = [step for kind, step in events.events if kind == "checkpoint"]
     assert committed == [5, 10, 15, 16]  # the last one too, before the loop returns
     # Training went on while the checkpoint of step 5 was being written (0.5 s).
