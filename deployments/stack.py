@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from deployments.seaweedfs import HOST, SeaweedFS
+from storage.store import S3_CREDENTIALS_BLOCK_ENV
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_FILE = "deployments/prefect.yaml"
@@ -29,6 +30,10 @@ STACK_DIR = REPO_ROOT / ".stack"
 BUCKET = "codeparrot-ds"
 # The pipeline runs on ``cpu``; training on ``gpu``, whose deployment runs one at a time.
 WORK_POOLS = ("cpu", "gpu")
+# The Prefect block holding the local S3 server's keys: workers, and the "Try it" command of
+# a run's model artifact, read the store with it and carry no secret in their environment.
+CREDENTIALS_BLOCK = "codeparrot-ds-stack"
+SECRET_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
 def prefect_environment(home: Path, api_url: str) -> dict[str, str]:
@@ -78,9 +83,11 @@ def run_prefect(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
-def start_prefect_server(home: Path, port: int, log_path: Path) -> subprocess.Popen:
+def start_prefect_server(
+    home: Path, port: int, log_path: Path, settings: dict[str, str] | None = None
+) -> subprocess.Popen:
     """Start ``prefect server start`` on 127.0.0.1 and wait until its API answers."""
-    env = prefect_environment(home, f"http://{HOST}:{port}/api")
+    env = {**prefect_environment(home, f"http://{HOST}:{port}/api"), **(settings or {})}
     process = start_detached(
         prefect_command("server", "start", "--host", HOST, "--port", str(port)), log_path, env
     )
@@ -118,6 +125,24 @@ def deploy(env: dict[str, str]) -> None:
     run_prefect(env, "--no-prompt", "deploy", "--prefect-file", PREFECT_FILE, "--all")
 
 
+def save_credentials_block(api_url: str, access_key: str, secret_key: str) -> None:
+    """Save the S3 keys as the stack's credentials block on its Prefect server."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.credentials import S3StoreCredentials
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        S3StoreCredentials(access_key_id=access_key, secret_access_key=secret_key).save(
+            CREDENTIALS_BLOCK, overwrite=True, _sync=True
+        )
+
+
+def worker_environment(env: dict[str, str]) -> dict[str, str]:
+    """A worker's settings: the stack's, with the credentials block instead of the keys."""
+    kept = {name: value for name, value in env.items() if name not in SECRET_VARIABLES}
+    return {**kept, S3_CREDENTIALS_BLOCK_ENV: CREDENTIALS_BLOCK}
+
+
 def start_worker(pool: str, env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """Start a process worker for a pool."""
     args = ["worker", "start", "--pool", pool, "--name", f"local-{pool}", "--type", "process"]
@@ -149,71 +174,81 @@ def group_alive(pid: int) -> bool:
     return True
 
 
-def _state_path() -> Path:
-    return STACK_DIR / "stack.json"
+def _state_path(root: Path) -> Path:
+    return root / "stack.json"
 
 
-def up(port: int) -> None:
-    """Start the whole stack and print how to use it."""
-    if _state_path().exists():
-        pids = json.loads(_state_path().read_text())["pids"]
+def up(port: int, root: Path = STACK_DIR, settings: dict[str, str] | None = None) -> dict:
+    """Start the whole stack with its data under ``root``; print how to use it and return
+    the shell settings that reach it. ``settings`` are extra environment for its processes."""
+    state_path = _state_path(root)
+    if state_path.exists():
+        pids = json.loads(state_path.read_text())["pids"]
         if any(group_alive(pid) for pid in pids.values()):
-            raise SystemExit(f"the stack is already up (see {_state_path()}); `make stack-down`")
-        _state_path().unlink()  # left by a stack whose processes are gone (a reboot)
+            raise SystemExit(f"the stack is already up (see {state_path}); `make stack-down`")
+        state_path.unlink()  # left by a stack whose processes are gone (a reboot)
     pids: dict[str, int] = {}
     state = {"pids": pids}
-    logs = STACK_DIR / "logs"
+    logs = root / "logs"
     try:
-        server = start_prefect_server(STACK_DIR / "prefect", port, logs / "prefect-server.log")
+        server = start_prefect_server(
+            root / "prefect", port, logs / "prefect-server.log", settings or {}
+        )
         pids["prefect-server"] = server.pid
-        _state_path().write_text(json.dumps(state))
-        seaweedfs = SeaweedFS(STACK_DIR / "seaweedfs", "codeparrot", secrets.token_hex(16))
+        state_path.write_text(json.dumps(state))
+        seaweedfs = SeaweedFS(root / "seaweedfs", "codeparrot", secrets.token_hex(16))
         seaweedfs.start()
         pids["seaweedfs"] = seaweedfs.process.pid
-        _state_path().write_text(json.dumps(state))
+        state_path.write_text(json.dumps(state))
         env = {
-            **prefect_environment(STACK_DIR / "prefect", f"http://{HOST}:{port}/api"),
+            **prefect_environment(root / "prefect", f"http://{HOST}:{port}/api"),
             **seaweedfs.environment(),
             "CODEPARROT_STORE": f"s3://{BUCKET}/store",
+            **(settings or {}),
         }
         seaweedfs.create_bucket(BUCKET)
+        save_credentials_block(env["PREFECT_API_URL"], seaweedfs.access_key, seaweedfs.secret_key)
         create_work_pools(env)
         deploy(env)
         for pool in WORK_POOLS:
-            worker = start_worker(pool, env, logs / f"worker-{pool}.log")
+            worker = start_worker(pool, worker_environment(env), logs / f"worker-{pool}.log")
             pids[f"worker-{pool}"] = worker.pid
-        _state_path().write_text(json.dumps(state))
+        state_path.write_text(json.dumps(state))
     except BaseException:
-        down(purge=False)
+        down(purge=False, root=root)
         raise
-    env_file = STACK_DIR / "env.sh"
+    env_file = root / "env.sh"
     env_file.write_text("".join(f"export {k}={v}\n" for k, v in sorted(env.items())))
     env_file.chmod(0o600)  # it holds the local S3 server's secret key
+    shown = env_file.relative_to(REPO_ROOT) if env_file.is_relative_to(REPO_ROOT) else env_file
     print(f"""
 The stack is up (logs in {logs}).
   Prefect UI:  http://{HOST}:{port}
   S3 store:    s3://{BUCKET}/store on {seaweedfs.endpoint}
-  Run the pipeline: UI > Deployments > codeparrot-ds-pipeline / on-demand > Run > Custom run,
-  choose preset "smoke", and press Submit. Or from a shell:
-    source {env_file.relative_to(REPO_ROOT)} && \\
+  Run the pipeline: UI > Deployments > on-demand > Run > Custom run, keep the preset "smoke"
+  (or choose another), add overrides such as {{"train.max_steps": 200}}, and press Submit.
+  Or from a shell:
+    source {shown} && \\
     .venv/bin/prefect deployment run codeparrot-ds-pipeline/on-demand -p preset=smoke
   Stop it with: make stack-down""")
+    return env
 
 
-def down(purge: bool) -> None:
-    """Stop every process of the stack; with ``purge``, delete its data too."""
-    if _state_path().exists():
-        pids = json.loads(_state_path().read_text())["pids"]
+def down(purge: bool, root: Path = STACK_DIR) -> None:
+    """Stop every process of the stack under ``root``; with ``purge``, delete its data too."""
+    state_path = _state_path(root)
+    if state_path.exists():
+        pids = json.loads(state_path.read_text())["pids"]
         # Workers first, so that no run starts while the servers go away.
         for name in sorted(pids, key=lambda n: not n.startswith("worker")):
             stop_group(pids[name])
             print(f"stopped {name}")
-        _state_path().unlink()
+        state_path.unlink()
     else:
         print("no stack is up")
-    if purge and STACK_DIR.exists():
-        shutil.rmtree(STACK_DIR)
-        print(f"deleted {STACK_DIR}")
+    if purge and root.exists():
+        shutil.rmtree(root)
+        print(f"deleted {root}")
 
 
 def main(argv: list[str] | None = None) -> None:

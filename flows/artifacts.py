@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shlex
+import sys
+from collections.abc import Mapping
+from pathlib import Path
 
 from prefect.artifacts import (
-    create_image_artifact,
     create_link_artifact,
     create_markdown_artifact,
     create_table_artifact,
 )
+from prefect.settings import PREFECT_API_URL
 
 from flows import report
 from storage.stages import StageRef, read_part
-from storage.store import Store
+from storage.store import (
+    S3_ADDRESSING_ENV,
+    S3_CREDENTIALS_BLOCK_ENV,
+    S3_ENDPOINT_ENV,
+    S3_REGION_ENV,
+    Store,
+    normalize_store_url,
+)
 from tasks.training_run import HISTORY_PART
 
 DATA_REPORT_KEY = "codeparrot-ds-data-report"
@@ -34,38 +47,76 @@ def publish_data_report(corpus: StageRef, documents: StageRef, tokens: StageRef)
 
 
 def publish_training_report(
-    store: Store, training: StageRef, evaluation: StageRef, wall_seconds: float
+    store: Store, sources: Mapping[str, StageRef], wall_seconds: float
 ) -> None:
-    """The loss curve, the API-accuracy curve, the metrics table and the sample generations."""
-    history = json.loads(read_part(store, training, HISTORY_PART))
-    create_image_artifact(
-        report.svg_data_url(report.loss_curve_svg(history)),
+    """The loss chart, the API-accuracy chart, the metrics table and the sample generations."""
+    history = json.loads(read_part(store, sources["training"], HISTORY_PART))
+    create_markdown_artifact(
+        report.chart_markdown(
+            "Loss by optimizer step", report.loss_curve_svg(history), report.loss_table(history)
+        ),
         key=LOSS_CURVE_KEY,
         description="Train and validation loss by optimizer step",
     )
     if report.api_curve_points(history):
-        create_image_artifact(
-            report.svg_data_url(report.api_curve_svg(history)),
+        create_markdown_artifact(
+            report.chart_markdown(
+                "API accuracy@1 by training tokens",
+                report.api_curve_svg(history),
+                report.api_table(history),
+            ),
             key=API_CURVE_KEY,
             description="Held-out API accuracy@1 at each periodic validation, by training tokens",
         )
     create_table_artifact(
-        report.metrics_rows(training.counts, evaluation.counts, wall_seconds),
+        report.metrics_rows(sources, wall_seconds),
         key=METRICS_KEY,
-        description="Loss, perplexity, throughput and wall time of this run",
+        description="Loss, perplexity, throughput and wall time of this run; where each stage "
+        "came from",
     )
     create_markdown_artifact(
-        report.samples_markdown(evaluation.counts["samples"]),
+        report.samples_markdown(sources["evaluation"].counts["samples"]),
         key=SAMPLES_KEY,
         description="Completions of the fixed prompts by the trained model",
     )
 
 
-def publish_model_link(model_uri: str, perplexity: float) -> None:
-    """A link to the published model folder, with how to use it."""
+# Settings of an S3 store that hold no secret, so that the "Try it" command can carry them.
+S3_SETTINGS = (S3_ENDPOINT_ENV, S3_REGION_ENV, S3_ADDRESSING_ENV, "AWS_DEFAULT_REGION")
+
+
+def command_program() -> str:
+    """How to start the command line from the repository root with this interpreter."""
+    script = Path(sys.executable).parent / "codeparrot-ds"
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m flows.cli"
+    with contextlib.suppress(ValueError):  # outside the working folder: the absolute path
+        return shlex.quote(str(script.relative_to(Path.cwd())))
+    return shlex.quote(str(script))
+
+
+def store_settings(store_url: str, environ: Mapping[str, str]) -> tuple[dict[str, str], str]:
+    """(the settings the command needs to read the store, a note on what it cannot carry)."""
+    if normalize_store_url(store_url).startswith("file://"):
+        return {}, ""
+    settings = {name: environ[name] for name in S3_SETTINGS if environ.get(name)}
+    if block := environ.get(S3_CREDENTIALS_BLOCK_ENV):
+        settings[S3_CREDENTIALS_BLOCK_ENV] = block
+        settings["PREFECT_API_URL"] = PREFECT_API_URL.value() or ""
+        return settings, ""
+    return settings, (
+        "The store's credentials are not in the command: set AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) first."
+    )
+
+
+def publish_model_link(model_uri: str, perplexity: float, store_url: str) -> None:
+    """A link to the published model folder, with a command that tries it."""
+    settings, note = store_settings(store_url, os.environ)
+    command = report.try_it_command(model_uri, command_program(), settings)
     create_link_artifact(
         model_uri,
         link_text=model_uri,
         key=MODEL_KEY,
-        description=report.model_markdown(model_uri, perplexity),
+        description=report.model_markdown(model_uri, perplexity, command, note),
     )

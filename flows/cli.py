@@ -50,7 +50,7 @@ def prefect_server() -> Iterator[None]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the whole pipeline and print where the model went and how good it is."""
-    from flows.config import build_config
+    from flows.config import CUSTOM, build_config
     from flows.pipeline import codeparrot_pipeline
     from tasks.completion_eval import first_code_line, percent
     from tasks.humaneval import describe as describe_humaneval
@@ -62,7 +62,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with prefect_server():
         result = codeparrot_pipeline(
-            config=config, store_url=args.store, training_deployment=args.training_deployment
+            preset=CUSTOM,
+            config=config,
+            store_url=args.store,
+            training_deployment=args.training_deployment,
         )
     elapsed = time.perf_counter() - started
     print()
@@ -112,6 +115,7 @@ def resolve_model(model: str | None, store_url: str, name: str) -> str:
         store = _open_store(store_url)
         return str(published_folder(store, latest_model(store, name)))
     if "://" in model:
+        _open_store(model)  # loads the credentials block, if one is named
         return str(fetch_folder(model))
     if is_local_name(model):
         folder = Path(model).expanduser()
@@ -174,8 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole pipeline (finished stages are skipped)")
     run.add_argument(
         "--preset",
-        help="named preset: smoke (CPU, minutes), ds (data-science packages' usage code, CPU, "
-        "under 30 minutes) or course (GPU, 124M)",
+        default="smoke",
+        help="the settings to start from: smoke (CPU, minutes; the default), ds (data-science "
+        "packages' usage code, CPU, under 30 minutes), course (GPU, 124M) or custom (the "
+        "defaults, which are the course's 124M model, for a --config file)",
     )
     run.add_argument(
         "--config", help="YAML/JSON/TOML file of stage settings, applied after the preset"
@@ -245,11 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.package_index import PackageIndexError
     from tasks.publish import ModelNotPromotedError
     from tasks.tokenizer import TokenizerError
+    from tasks.training.config import NeedsGpuError
 
     try:
         return args.func(args)
     except (
         ConfigError,
+        NeedsGpuError,
         StoreError,
         CorpusError,
         FilterError,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,10 @@ from tasks.tokenize import TokenizeConfig
 from tasks.tokenizer import TokenizerConfig
 from tasks.training.config import ModelConfig, TrainConfig
 
-__all__ = ["PRESETS", "ConfigError", "PipelineConfig", "build_config"]
+__all__ = ["CUSTOM", "PRESETS", "ConfigError", "PipelineConfig", "build_config", "run_config"]
+
+# Not a preset: the run's own full config (its defaults are the course's 124M model).
+CUSTOM = "custom"
 
 
 class ConfigError(ValueError):
@@ -100,6 +104,17 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _nested(dotted: str, value: Any, what: str) -> dict[str, Any]:
+    """``("train.max_steps", 7)`` as ``{"train": {"max_steps": 7}}``."""
+    parts = dotted.strip().split(".")
+    if not all(part.strip() for part in parts):
+        raise ConfigError(f"{what} must look like section.field=value")
+    result: dict[str, Any] = value
+    for part in reversed(parts):
+        result = {part.strip(): result}
+    return result
+
+
 def parse_override(assignment: str) -> dict[str, Any]:
     """Turn ``train.learning_rate=1e-3`` into ``{"train": {"learning_rate": 0.001}}``.
 
@@ -116,12 +131,29 @@ def parse_override(assignment: str) -> dict[str, Any]:
             f"override {assignment!r}: the value is not valid YAML ({problem}); quote it, "
             "e.g. --set 'section.field=\"text\"'"
         ) from None
-    if not all(part.strip() for part in dotted.split(".")):
-        raise ConfigError(f"override {assignment!r} must look like section.field=value")
-    result: dict[str, Any] = value
-    for part in reversed(dotted.strip().split(".")):
-        result = {part: result}
-    return result
+    return _nested(dotted, value, f"override {assignment!r}")
+
+
+def overrides_from_mapping(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn ``{"train.max_steps": 200}`` (or ``{"train": {"max_steps": 200}}``) into the
+    nested mapping that is merged over a preset."""
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(
+            f"overrides must be a mapping of section.field to value, e.g. "
+            f'{{"train.max_steps": 200}}, not {type(overrides).__name__}'
+        )
+    data: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"override key {key!r} must be text like train.max_steps")
+        data = deep_merge(data, _nested(key, value, f"override {key!r}"))
+    return data
+
+
+def describe_overrides(overrides: Mapping[str, Any] | None) -> str:
+    """``train.max_steps=20, corpus.max_files=50`` for a log line, or ``none``."""
+    items = [f"{key}={json.dumps(value)}" for key, value in (overrides or {}).items()]
+    return ", ".join(items) or "none"
 
 
 def format_validation_error(err: ValidationError) -> str:
@@ -138,20 +170,47 @@ def format_validation_error(err: ValidationError) -> str:
     return "invalid configuration:\n" + "\n".join(lines)
 
 
-def build_config(
-    preset: str | None = None, config_file: str | None = None, overrides: list[str] = ()
-) -> PipelineConfig:
-    """Defaults, then a preset, then a config file, then ``section.field=value`` overrides."""
-    data: dict[str, Any] = {}
-    if preset:
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-        data = deep_merge(data, PRESETS[preset])
-    if config_file:
-        data = deep_merge(data, read_config_file(config_file))
-    for assignment in overrides:
-        data = deep_merge(data, parse_override(assignment))
+def preset_settings(preset: str) -> dict[str, Any]:
+    """The settings a named preset changes from the defaults."""
+    if preset not in PRESETS:
+        raise ConfigError(
+            f"unknown preset {preset!r}; choose one of {sorted(PRESETS)} or {CUSTOM!r}"
+        )
+    return PRESETS[preset]
+
+
+def validated(data: dict[str, Any]) -> PipelineConfig:
+    """The config these settings make, or a ConfigError naming each invalid field."""
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err)) from err
+
+
+def build_config(
+    preset: str | None = None, config_file: str | None = None, overrides: Sequence[str] = ()
+) -> PipelineConfig:
+    """Defaults, then a preset, then a config file, then ``section.field=value`` overrides.
+
+    No preset, or ``custom``, starts from the defaults: the course's 124M model.
+    """
+    data: dict[str, Any] = {}
+    if preset and preset != CUSTOM:
+        data = deep_merge(data, preset_settings(preset))
+    if config_file:
+        data = deep_merge(data, read_config_file(config_file))
+    for assignment in overrides:
+        data = deep_merge(data, parse_override(assignment))
+    return validated(data)
+
+
+def run_config(
+    preset: str, overrides: Mapping[str, Any] | None, config: PipelineConfig | None
+) -> PipelineConfig:
+    """What a pipeline run uses: a preset's settings, or with ``custom`` the run's ``config``,
+    then the run's overrides on top."""
+    if preset == CUSTOM:
+        data = (config or PipelineConfig()).model_dump(mode="json")
+    else:
+        data = dict(preset_settings(preset))
+    return validated(deep_merge(data, overrides_from_mapping(overrides or {})))

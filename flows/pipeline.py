@@ -6,10 +6,14 @@ import os
 import time
 from typing import Any, Literal
 
+import torch
 from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.context import FlowRunContext
 
 from flows.artifacts import publish_data_report, publish_model_link, publish_training_report
-from flows.config import PRESETS, PipelineConfig, build_config
+from flows.config import CUSTOM, PRESETS, PipelineConfig, describe_overrides, run_config
+from flows.failures import install_one_line_failures
 from flows.routing import describe_route, resolve_training_route
 from storage.store import Store
 from tasks.common import open_run_store
@@ -20,37 +24,67 @@ from tasks.publish import publish_model
 from tasks.tokenize import tokenize_to_shards
 from tasks.tokenizer import train_tokenizer
 from tasks.train import train_model, train_model_on_deployment
+from tasks.training.config import check_hardware
 
-PresetName = Literal[tuple(PRESETS)]
+PresetName = Literal[(*PRESETS, CUSTOM)]
+install_one_line_failures()
+# What a run without a preset (outside a deployment that names one) uses: minutes on a CPU.
+DEFAULT_PRESET = "smoke"
+
+
+def deployment_preset() -> str | None:
+    """The preset that this run's deployment names, for a run whose own preset is empty."""
+    context = FlowRunContext.get()
+    deployment_id = context.flow_run.deployment_id if context else None
+    if deployment_id is None:
+        return None
+    with get_client(sync_client=True) as client:
+        return client.read_deployment(deployment_id).parameters.get("preset")
 
 
 @flow(name="codeparrot-ds-pipeline")
 def codeparrot_pipeline(
-    preset: PresetName | None = None,
+    preset: PresetName | None = DEFAULT_PRESET,
+    overrides: dict[str, Any] | None = None,
     store_url: str | None = None,
     training_deployment: str | None = None,
-    # A default instance lets the Prefect UI render every field's default in the run form.
-    config: PipelineConfig = PipelineConfig(),  # noqa: B008
+    config: PipelineConfig | None = None,
 ) -> dict[str, Any]:
     """Stream, filter, tokenize, train, evaluate and publish; return where the model went.
 
     Every stage is found done in the store when its inputs, parameters and code are unchanged.
 
     Args:
-        preset: A named preset to run instead of `config`: smoke (CPU, minutes) or course (GPU).
-        store_url: Where stage outputs live (a folder or s3://bucket/prefix); empty uses the
+        preset: The settings to start from. smoke: a small model on local code, minutes on a
+            CPU. ds: a larger model on data-science packages' examples, under 30 minutes on a
+            CPU. course: the course's 124M model on its Hub data set, for a GPU. custom: the
+            config below. Empty means the deployment's preset.
+        overrides: Settings to change on top of the preset, each as section.field and its
+            value, for example {"train.max_steps": 200}.
+        store_url: Where stage outputs live: a folder or s3://bucket/prefix. Empty means the
             worker's $CODEPARROT_STORE, else ./codeparrot-store.
-        training_deployment: Train on this deployment's workers (e.g. codeparrot-ds-train/gpu),
-            or "local" to train in this flow run. Empty means the deployment's default route
-            ($CODEPARROT_TRAINING_DEPLOYMENT; the pipeline deployments set the gpu pool).
-        config: Every stage's settings (the defaults are the course's 124M run); ignored when
-            a preset is chosen.
+        training_deployment: Train on this deployment's workers (for example
+            codeparrot-ds-train/gpu), or "local" to train in this flow run. Empty means the
+            deployment's default route, $CODEPARROT_TRAINING_DEPLOYMENT (the gpu pool).
+        config: Every stage's settings, used only with the preset custom. Empty means the
+            defaults, which are the course's 124M model.
     """
     started = time.perf_counter()
+    log = get_run_logger()
     route, source = resolve_training_route(training_deployment, os.environ)
-    get_run_logger().info(describe_route(route, source))
-    if preset is not None:
-        config = build_config(preset)
+    log.info(describe_route(route, source))
+    chosen = preset or deployment_preset() or DEFAULT_PRESET
+    config = run_config(chosen, overrides, config)
+    origin = "" if preset else " (the run's preset was empty)"
+    log.info("settings: preset %s%s; overrides: %s", chosen, origin, describe_overrides(overrides))
+    if route is None:  # training here: a model too large for this machine stops now
+        check_hardware(
+            config.model,
+            config.train,
+            config.tokenizer.vocab_size,
+            config.tokenize.context_length,
+            torch.cuda.is_available(),
+        )
     store_url = open_run_store(store_url)
     corpus = stream_corpus(config.corpus, store_url)
     documents = filter_by_keywords(corpus, config.filter, store_url)
@@ -78,10 +112,10 @@ def codeparrot_pipeline(
     publishing = publish_model(sources, config.publish, store_url, return_state=True)
     perplexity = evaluation.counts["perplexity"]
     store = Store(store_url)
-    publish_training_report(store, training, evaluation, time.perf_counter() - started)
+    publish_training_report(store, sources, time.perf_counter() - started)
     published = publishing.result()  # a refused model fails the run here, with the reason
     model_uri = store.uri(published.prefix)
-    publish_model_link(model_uri, perplexity)
+    publish_model_link(model_uri, perplexity, store_url)
     samples = {s["prompt"]: s["completion"] for s in evaluation.counts["samples"]}
     return {
         "model_uri": model_uri,

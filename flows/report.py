@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import shlex
+from collections.abc import Mapping
 from html import escape
 from typing import Any
 
+from storage.stages import StageRef
 from tasks.completion_eval import percent
 from tasks.humaneval import describe as describe_humaneval
 from tasks.markdown import code_block, inline_text
@@ -71,8 +74,20 @@ def data_report(corpus: dict, documents: dict, tokens: dict) -> str:
     )
 
 
-def metrics_rows(training: dict, evaluation: dict, wall_seconds: float) -> list[dict[str, str]]:
-    """The run's headline figures as rows of a table artifact."""
+def stage_origin(ref: StageRef) -> str:
+    """Whether this run built a stage's output, or reused it and from which run."""
+    if not ref.reused:
+        return "built in this run"
+    by = ref.built_by or "an earlier run"
+    return f"reused from the store: built by {by} at {ref.built_at or 'an unknown time'}"
+
+
+def metrics_rows(sources: Mapping[str, StageRef], wall_seconds: float) -> list[dict[str, str]]:
+    """The run's headline figures, and where each stage's output came from, as table rows."""
+    training, evaluation = sources["training"].counts, sources["evaluation"].counts
+    wall_label = "training wall time (s)"
+    if sources["training"].reused:
+        wall_label += ", in the run that built the model"
     rows = [
         ("final train loss", training.get("final_train_loss")),
         ("validation loss", evaluation.get("valid_loss")),
@@ -94,8 +109,9 @@ def metrics_rows(training: dict, evaluation: dict, wall_seconds: float) -> list[
         ("training processes", training.get("processes")),
         ("optimizer steps", training.get("steps")),
         ("training tokens", training.get("tokens")),
-        ("training wall time (s)", training.get("train_seconds")),
-        ("pipeline wall time (s)", wall_seconds),
+        (wall_label, training.get("train_seconds")),
+        ("pipeline wall time (s), this run", wall_seconds),
+        *[(f"{name} stage", stage_origin(ref)) for name, ref in sources.items()],
     ]
     return [{"metric": name, "value": _number(value)} for name, value in rows]
 
@@ -108,12 +124,45 @@ def samples_markdown(samples: list[dict[str, str]]) -> str:
     )
 
 
-def model_markdown(model_uri: str, perplexity: float) -> str:
+def try_it_command(model_uri: str, program: str, environment: Mapping[str, str]) -> str:
+    """A shell command that completes the course's prompt with the model: ``program`` with
+    ``environment`` (the store's settings) in front."""
+    settings = [f"{name}={shlex.quote(value)}" for name, value in environment.items()]
+    prompt = shlex.quote("# create scatter plot with x, y")
+    return " ".join([*settings, program, "generate", prompt, "--model", shlex.quote(model_uri)])
+
+
+def model_markdown(model_uri: str, perplexity: float, command: str, note: str = "") -> str:
     """Where the published model is and how to use it."""
     return (
         f"Published model: `{model_uri}` (validation perplexity {perplexity:.2f}).\n\n"
-        f'Try it: `codeparrot-ds generate "# create scatter plot with x, y" --model {model_uri}`'
+        f"Try it, from the repository root:\n\n{code_block(command, 'bash')}"
+        + (f"\n\n{note}" if note else "")
     )
+
+
+def chart_markdown(title: str, svg: str, table: str) -> str:
+    """A chart as Markdown: a heading, the SVG embedded as an image, and its figures."""
+    return f"# {title}\n\n![{title}]({svg_data_url(svg)})\n\n{table}"
+
+
+def loss_table(history: dict[str, list[dict]]) -> str:
+    """Train and validation loss at each periodic validation (the chart's figures)."""
+    train = {r["step"]: r["loss"] for r in history.get("train", [])}
+    lines = ["| step | train loss | validation loss |", "|---:|---:|---:|"]
+    for record in history.get("valid", []):
+        step = record["step"]
+        nearest = max((s for s in train if s <= step), default=None)
+        loss = f"{train[nearest]:.3f}" if nearest is not None else "n/a"
+        lines.append(f"| {step:,} | {loss} | {record['valid_loss']:.3f} |")
+    return "\n".join(lines)
+
+
+def api_table(history: dict[str, list[dict]]) -> str:
+    """API accuracy@1 at each periodic validation (the chart's figures)."""
+    lines = ["| training tokens | API accuracy@1 |", "|---:|---:|"]
+    lines += [f"| {tokens:,} | {accuracy:.1f}% |" for tokens, accuracy in api_curve_points(history)]
+    return "\n".join(lines)
 
 
 # Geometry of the charts, in SVG user units.

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.failures import install_one_line_failures
 from storage.stages import StageRef
 from tasks.common import open_run_store
 from tasks.train import train_model
 from tasks.training.config import ModelConfig, TrainConfig
+
+install_one_line_failures()
 
 
 @flow(name="codeparrot-ds-train")

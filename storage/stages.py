@@ -57,6 +57,12 @@ class StageRef(BaseModel):
     stage: str = Field(pattern=STAGE_PATTERN)
     key: str = Field(pattern=KEY_PATTERN)
     counts: dict[str, Any] = {}
+    reused: bool = False
+    """The output was found committed, not built by the run that holds this reference."""
+    built_by: str = ""
+    """Who built the output (a flow run's name and id), as its manifest records."""
+    built_at: str = ""
+    """When the output was committed (UTC, ISO 8601)."""
 
     @property
     def prefix(self) -> str:
@@ -96,6 +102,7 @@ class Manifest(BaseModel):
     parts: dict[str, PartInfo]
     counts: dict[str, Any]
     created_at: str
+    built_by: str = ""
 
     @field_validator("parts")
     @classmethod
@@ -338,6 +345,7 @@ def run_stage(
     spec: StageSpec,
     build: Callable[[StageWriter], dict[str, Any]],
     log: Log,
+    built_by: str = "",
 ) -> StageRef:
     """Return the committed output for this spec, building and committing it if needed.
 
@@ -351,18 +359,28 @@ def run_stage(
         lock = StageLock(store, f"{spec.prefix}/{LOCK_NAME}", log)
         committed = lambda: load_manifest(store, spec.stage, spec.key)  # noqa: E731
         with lock.hold(until=lambda: committed() is not None):
-            manifest = committed() or _build(store, spec, build, log)
+            manifest = committed()  # another run may have built it while this one waited
+            if manifest is None:
+                return committed_ref(_build(store, spec, build, log, built_by))
     else:
         log.info("%s: found committed output %s; nothing to do", spec.stage, spec.prefix)
-    return committed_ref(spec, manifest)
+    return committed_ref(manifest, reused=True)
 
 
-def committed_ref(spec: StageSpec, manifest: Manifest) -> StageRef:
-    """The reference to the output of ``spec`` that ``manifest`` commits."""
-    return StageRef(stage=spec.stage, key=spec.key, counts=dict(manifest.counts))
+def committed_ref(manifest: Manifest, reused: bool = False) -> StageRef:
+    """The reference to the output that ``manifest`` commits; ``reused`` when the caller found
+    it committed rather than building it."""
+    return StageRef(
+        stage=manifest.stage,
+        key=manifest.key,
+        counts=dict(manifest.counts),
+        reused=reused,
+        built_by=manifest.built_by,
+        built_at=manifest.created_at,
+    )
 
 
-def _build(store: Store, spec: StageSpec, build: Callable, log: Log) -> Manifest:
+def _build(store: Store, spec: StageSpec, build: Callable, log: Log, built_by: str) -> Manifest:
     writer = StageWriter(store, spec.stage, spec.key)
     writer.recover(log)
     log.info("%s: building %s", spec.stage, store.uri(writer.prefix))
@@ -376,6 +394,7 @@ def _build(store: Store, spec: StageSpec, build: Callable, log: Log) -> Manifest
         parts=writer.parts,
         counts=counts,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        built_by=built_by,
     )
     store.write_json(f"{writer.prefix}/{MANIFEST_NAME}", manifest.model_dump(mode="json"))
     log.info("%s: committed %s", spec.stage, store.uri(writer.prefix))
@@ -408,7 +427,7 @@ def input_ref(store: Store, ref: StageRef, name: str) -> StageRef:
             f"{store.uri(ref.prefix)} names no input {name!r} as stage/key; rerun the "
             "pipeline to rebuild it"
         ) from None
-    return StageRef(stage=stage, key=key, counts=dict(read_manifest(store, parent).counts))
+    return committed_ref(read_manifest(store, parent), reused=True)
 
 
 def part_names(manifest: Manifest, folder: str) -> list[str]:

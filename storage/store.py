@@ -285,6 +285,14 @@ class Store:
             raise
         except _transient_errors() as err:
             raise self._unavailable(rel, err) from err
+        except Exception as err:
+            if type(err).__name__ != "NoCredentialsError":  # botocore's, imported lazily
+                raise
+            raise StoreError(
+                f"no S3 credentials to read {self.uri(rel)}; set AWS_ACCESS_KEY_ID and "
+                f"AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or {S3_CREDENTIALS_BLOCK_ENV} with "
+                "PREFECT_API_URL; with the local stack, run `source .stack/env.sh` first"
+            ) from None
 
     def _unavailable(self, rel: str, err: BaseException) -> StoreUnavailableError:
         where = os.environ.get(S3_ENDPOINT_ENV, "the S3 endpoint")

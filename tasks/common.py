@@ -58,6 +58,13 @@ def stage_logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("codeparrot_ds")
 
 
+def current_flow_run() -> str:
+    """This flow run as "flow run NAME (ID)", for the manifests it commits; "" outside one."""
+    from prefect.runtime import flow_run
+
+    return f"flow run {flow_run.name} ({flow_run.id})" if flow_run.id else ""
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether retrying can help: I/O faults yes; refusals, missing objects, damage, a full or
     read-only disk and user errors no."""
@@ -140,7 +147,7 @@ class Stage:
         log: logging.Logger | logging.LoggerAdapter,
     ) -> StageRef:
         """Find the committed output of ``spec``, or build and commit it."""
-        ref = run_stage(Store(store_url), spec, build, log)
+        ref = run_stage(Store(store_url), spec, build, log, current_flow_run())
         log.info("%s: %s", self.name, ref.counts)
         return ref
 

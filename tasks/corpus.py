@@ -65,19 +65,19 @@ class CorpusConfig(StageParams):
     source: Literal["python_files", "data_files", "hub", "packages"] = "python_files"
     """Which kind of source to read."""
     packages: list[str] = []
-    """With ``source: packages``: the packages whose newest source distributions are read
-    (their ``.py`` and ``.ipynb`` files: examples, galleries, tutorials, notebooks)."""
+    """When source is packages: the packages whose newest source distributions are read
+    (their .py and .ipynb files: examples, galleries, tutorials, notebooks)."""
     index_url: str | None = None
     """The package index (PEP 503/691); empty means the one pip is configured with."""
     member_patterns: list[str] = []
-    """With ``source: packages``: read only archive members whose path (below the top folder)
-    matches one of these globs, e.g. ``examples/*``; empty reads every member."""
+    """When source is packages: read only archive members whose path (below the top folder)
+    matches one of these globs, for example "examples/*"; empty reads every member."""
     roots: list[str] = []
-    """Folders searched for ``*.py`` files; empty means the interpreter's site-packages."""
+    """Folders searched for Python files (.py); empty means the interpreter's site-packages."""
     data_files: list[str] = []
-    """JSONL or Parquet files (paths, fsspec URLs or globs) with a ``content`` column."""
+    """JSONL or Parquet files (paths, fsspec URLs or globs) with a content column."""
     hub_dataset: str = DEFAULT_HUB_DATASET
-    """Hugging Face dataset streamed when ``source`` is ``hub``."""
+    """Hugging Face dataset streamed when source is hub."""
     hub_split: str = "train"
     """Split of the Hub dataset."""
     max_files: int | None = Field(default=None, ge=1)

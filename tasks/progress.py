@@ -44,7 +44,8 @@ class ProgressArtifact:
 
     def __call__(self, record: dict[str, Any]) -> None:
         """Move the artifact to this record's step."""
-        percent = 100.0 * record["step"] / record["total_steps"]
+        # One decimal: the UI shows the value as given (33.33333333333333%).
+        percent = round(100.0 * record["step"] / record["total_steps"], 1)
         description = describe_progress(record)
         try:
             if self.artifact_id is None:

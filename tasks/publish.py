@@ -41,7 +41,7 @@ class PublishConfig(StageParams):
     """Where and under what name the model is published."""
 
     model_name: str = Field(default="codeparrot-ds", pattern=r"^[a-z0-9][a-z0-9._-]*$")
-    """Name of the model folder under ``models/`` in the store."""
+    """Name of the model folder under models/ in the store."""
     max_new_tokens: int = Field(default=64, ge=1)
     """Default generation length written into generation_config.json."""
     tolerance: float = Field(default=0.02, ge=0.0, le=1.0)

@@ -33,11 +33,12 @@ class TokenizeConfig(StageParams):
     """How documents become training rows."""
 
     mode: Literal["course", "packed"] = "course"
-    """``course`` drops each file's short tail; ``packed`` joins files with EOS, drops nothing."""
+    """With course, each file's short tail is dropped; with packed, files are joined with EOS
+    and nothing is dropped."""
     context_length: int = Field(default=128, ge=8, le=8192)
     """Tokens per row (the course's context length is 128)."""
     rows_per_shard: int = Field(default=65_536, ge=1)
-    """Most rows per Arrow shard (65,536 * 128 tokens * 2 bytes = 16 MiB); every document
+    """Most rows per Arrow shard (65,536 × 128 tokens × 2 bytes = 16 MiB); every document
     shard's rows start a new token shard, which is what lets the stage resume shard-wise."""
     batch_size: int = Field(default=256, ge=1)
     """Documents encoded per call to the tokenizer."""

@@ -33,7 +33,7 @@ from storage.store import Store
 from tasks.common import Stage, stage_logger
 from tasks.progress import ProgressArtifact, ProgressCallback
 from tasks.train_launch import launch_training
-from tasks.training.config import EXECUTION_FIELDS, ModelConfig, TrainConfig
+from tasks.training.config import EXECUTION_FIELDS, ModelConfig, TrainConfig, check_hardware
 from tasks.training.loop import resolve_mixed_precision
 from tasks.training_run import train_from_shards, training_request
 
@@ -118,6 +118,13 @@ def train_model(
     log = stage_logger()
 
     def build(writer: StageWriter) -> dict:
+        check_hardware(
+            model_config,
+            train_config,
+            tokens.counts["vocab_size"],
+            tokens.counts["context_length"],
+            torch.cuda.is_available(),
+        )
         on_progress = ProgressArtifact.for_current_run(log)
         store = Store(store_url)
         return build_training(
@@ -161,6 +168,7 @@ def train_model_on_deployment(
     store = Store(store_url)
     spec = train_spec(tokens, tokenizer, model_config, train_config)
     manifest = load_manifest(store, spec.stage, spec.key)
+    reused = manifest is not None
     if manifest is None:
         log.info("training on deployment %s; waiting for its run", deployment)
         try:
@@ -190,6 +198,6 @@ def train_model_on_deployment(
                 f"training run {flow_run.name!r} completed but committed no model at "
                 f"{store.uri(spec.prefix)}; check that its worker uses the same store"
             )
-    ref = committed_ref(spec, manifest)
+    ref = committed_ref(manifest, reused=reused)
     log.info("train: %s", ref.counts)
     return ref

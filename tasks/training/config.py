@@ -13,7 +13,20 @@ from tasks.params import StageParams
 DEFAULT_KEY_TOKENS = ["plt", "pd", "sk", "fit", "predict"]
 # Settings that change how a run is executed or kept safe, not what it computes (beyond float
 # rounding): not part of the stage key, so changing one reuses a finished model.
-EXECUTION_FIELDS = {"checkpoint_interval", "keep_checkpoints", "micro_batch_size", "compile"}
+EXECUTION_FIELDS = {
+    "checkpoint_interval",
+    "keep_checkpoints",
+    "micro_batch_size",
+    "compile",
+    "allow_cpu",
+}
+# Models larger than this take days on a CPU (the course's is 124M): they need a GPU, or
+# train.allow_cpu to say that a CPU is meant.
+CPU_PARAMETER_LIMIT = 50_000_000
+
+
+class NeedsGpuError(ValueError):
+    """A large model was to train on a machine without a GPU, and allow_cpu was off."""
 
 
 class ModelConfig(StageParams):
@@ -40,17 +53,18 @@ class TrainConfig(StageParams):
 
     batch_size: int = Field(default=32, ge=1)
     """Sequences per process per batch; an optimizer step takes
-    ``gradient_accumulation_steps`` batches from each process."""
+    gradient_accumulation_steps batches from each process."""
     gradient_accumulation_steps: int = Field(default=8, ge=1)
-    """Batches per optimizer step: 32 seqs * 128 tokens * 8 = 32,768 tokens per step."""
+    """Batches per optimizer step. The tokens per step are batch_size × context length ×
+    this × processes: with the defaults, 32 × 128 × 8 = 32,768 on one GPU."""
     micro_batch_size: int | Literal["auto"] = "auto"
-    """Sequences per forward/backward pass. An optimizer step's rows (batch_size *
+    """Sequences per forward/backward pass. An optimizer step's rows (batch_size ×
     accumulation on each process) are run in micro-batches of this size; the gradient is the
-    same whatever the size. ``auto``: on a GPU, the largest that fits in its memory (tried
-    at start); on CPU, ``batch_size`` (larger ones measured no faster, see the README)."""
+    same whatever the size. With auto: on a GPU, the largest that fits in its memory (tried
+    at start); on CPU, batch_size (larger ones measured no faster, see the README)."""
     compile: bool | Literal["auto"] = "auto"
-    """``torch.compile`` the model for training (the chunked loss stays eager, see the loss
-    module). ``auto``: on for CUDA, off on CPU, where it gained too little (README)."""
+    """torch.compile the model for training (the chunked loss stays eager, see the loss
+    module). With auto: on for CUDA, off on CPU, where it gained too little (README)."""
     learning_rate: float = Field(default=5e-4, gt=0.0, le=1.0)
     """Peak learning rate, reached after warmup."""
     weight_decay: float = Field(default=0.1, ge=0.0)
@@ -66,7 +80,7 @@ class TrainConfig(StageParams):
     epochs: float = Field(default=1.0, gt=0.0)
     """Passes over the training rows."""
     max_steps: int | None = Field(default=None, ge=1)
-    """Stop after this many optimizer steps (caps ``epochs``)."""
+    """Stop after this many optimizer steps (caps epochs)."""
     eval_interval: int = Field(default=500, ge=1)
     """Optimizer steps between validation passes."""
     eval_batches: int = Field(default=50, ge=1)
@@ -77,24 +91,28 @@ class TrainConfig(StageParams):
     log_interval: int = Field(default=10, ge=1)
     """Optimizer steps between progress lines."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    """``auto``: bf16 on GPUs that support it, else fp16 on GPU, none on CPU."""
+    """With auto: bf16 on GPUs that support it, else fp16 on GPU, none on CPU."""
     loss: Literal["normalized", "course"] = "normalized"
-    """``normalized``: weighted loss / total key-token weight; ``course``: mean weighted loss."""
+    """With normalized: the weighted loss divided by the total key-token weight; with course:
+    the mean weighted loss."""
     keytoken_alpha: float = Field(default=1.0, gt=0.0)
-    """Weight scale: a sample's weight is alpha * (1 + its number of key tokens)."""
+    """Weight scale: a sample's weight is alpha × (1 + its number of key tokens)."""
     key_tokens: list[str] = Field(default_factory=lambda: list(DEFAULT_KEY_TOKENS))
     """Words whose tokens up-weight a sample (their space-prefixed forms count too)."""
     seed: int = 42
     """Seeds initialisation, dropout and data order."""
     processes: int | None = Field(default=None, ge=1)
-    """Training processes, one per GPU; None: one per visible GPU (one on a CPU machine).
+    """Training processes, one per GPU; empty: one per visible GPU (one on a CPU machine).
 
-    Each process takes ``batch_size`` sequences per micro-batch, so the tokens per optimizer
+    Each process takes batch_size sequences per micro-batch, so the tokens per optimizer
     step grow with the process count. Several processes on CPU work too (for testing)."""
     checkpoint_interval: int = Field(default=500, ge=1)
     """Optimizer steps between checkpoints in the store (one is also saved at the end)."""
     keep_checkpoints: int = Field(default=2, ge=1)
     """Newest checkpoints kept; older ones are deleted."""
+    allow_cpu: bool = False
+    """Train a model of over 50M parameters on a machine without a GPU (that takes days).
+    Off: such a run stops at once with a clear message."""
 
     @field_validator("key_tokens")
     @classmethod
@@ -133,3 +151,24 @@ class TrainConfig(StageParams):
                 "train.gradient_accumulation_steps, raise train.epochs, or use more data"
             )
         return steps
+
+
+def parameter_count(model: ModelConfig, vocab_size: int, context_length: int) -> int:
+    """GPT-2's parameters for this shape (input and output embeddings tied)."""
+    width = model.n_embd
+    per_block = 12 * width * width + 13 * width  # attention, MLP, two LayerNorms
+    return (vocab_size + context_length) * width + model.n_layer * per_block + 2 * width
+
+
+def check_hardware(
+    model: ModelConfig, train: TrainConfig, vocab_size: int, context_length: int, has_gpu: bool
+) -> None:
+    """Refuse to train a large model without a GPU unless ``train.allow_cpu`` says so."""
+    count = parameter_count(model, vocab_size, context_length)
+    if has_gpu or train.allow_cpu or count <= CPU_PARAMETER_LIMIT:
+        return
+    raise NeedsGpuError(
+        f"this model has {count / 1e6:.0f}M parameters and this machine has no GPU, so "
+        "training would take days: choose a smaller preset (smoke or ds), train on a GPU "
+        "deployment (training_deployment), or set train.allow_cpu: true to train here anyway"
+    )

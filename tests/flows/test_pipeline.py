@@ -65,7 +65,9 @@ def any_store(request, tmp_path) -> Store:
 def test_pipeline_end_to_end_then_cached(prefect_server, corpus_dir, any_store, caplog):
     store = any_store
     with caplog.at_level(logging.INFO):
-        result = codeparrot_pipeline(config=_config(corpus_dir), store_url=store.url)
+        result = codeparrot_pipeline(
+            preset="custom", config=_config(corpus_dir), store_url=store.url
+        )
 
     assert result["perplexity"] < result["untrained_perplexity"] / 4
     assert isinstance(result["scatter_completion"], str)
@@ -108,7 +110,9 @@ def test_pipeline_end_to_end_then_cached(prefect_server, corpus_dir, any_store, 
     before = _manifest_times(store, result["stages"])
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        again = codeparrot_pipeline(config=_config(corpus_dir), store_url=store.url)
+        again = codeparrot_pipeline(
+            preset="custom", config=_config(corpus_dir), store_url=store.url
+        )
     assert caplog.text.count("found committed output") == 7
     assert "building" not in caplog.text
     assert again["stages"] == result["stages"]
@@ -116,6 +120,7 @@ def test_pipeline_end_to_end_then_cached(prefect_server, corpus_dir, any_store, 
 
     # Only a training parameter changes: every data stage is reused.
     changed = codeparrot_pipeline(
+        preset="custom",
         config=_config(corpus_dir, "train.learning_rate=0.005", "publish.force=true"),
         store_url=store.url,
     )
@@ -138,7 +143,7 @@ def test_a_copied_store_with_planted_pickles_reruns_from_its_own_manifests(
     prefect_server, corpus_dir, tmp_path, caplog
 ):
     original = Store(str(tmp_path / "original"))
-    first = codeparrot_pipeline(config=_config(corpus_dir), store_url=original.url)
+    first = codeparrot_pipeline(preset="custom", config=_config(corpus_dir), store_url=original.url)
     # Moved to another place, the original deleted: references are relative to the store.
     shutil.copytree(original.local_file(""), tmp_path / "copy")
     shutil.rmtree(original.local_file(""))
@@ -154,7 +159,7 @@ def test_a_copied_store_with_planted_pickles_reruns_from_its_own_manifests(
             copy.write_bytes(f"{folder}_result.pickle", payload)
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        again = codeparrot_pipeline(config=_config(corpus_dir), store_url=copy.url)
+        again = codeparrot_pipeline(preset="custom", config=_config(corpus_dir), store_url=copy.url)
     assert not marker.exists()
     assert caplog.text.count("found committed output") == 7
     assert {k: v.removeprefix(copy.url) for k, v in again["stages"].items()} == {
@@ -238,7 +243,7 @@ def test_the_quality_gate_refuses_a_worse_model_unless_forced(
     from tasks.publish import ModelNotPromotedError
 
     store = Store(str(tmp_path / "store"))
-    first = codeparrot_pipeline(config=_config(corpus_dir), store_url=store.url)
+    first = codeparrot_pipeline(preset="custom", config=_config(corpus_dir), store_url=store.url)
     latest = store.read_json("models/codeparrot-ds/LATEST")
     # Make the current model look much better than any tiny model can be.
     manifest_rel = f"{latest['path']}/{MANIFEST_NAME}"
@@ -253,10 +258,14 @@ def test_the_quality_gate_refuses_a_worse_model_unless_forced(
     assert last.startswith("codeparrot-ds: error: not promoted: API accuracy") and "100.0%" in last
     assert store.read_json("models/codeparrot-ds/LATEST")["version"] == latest["version"]
     with pytest.raises(ModelNotPromotedError, match="publish.force=true"):
-        codeparrot_pipeline(config=build_config(overrides=worse), store_url=store.url)
+        codeparrot_pipeline(
+            preset="custom", config=build_config(overrides=worse), store_url=store.url
+        )
 
     forced = codeparrot_pipeline(
-        config=build_config(overrides=[*worse, "publish.force=true"]), store_url=store.url
+        preset="custom",
+        config=build_config(overrides=[*worse, "publish.force=true"]),
+        store_url=store.url,
     )
     assert forced["model_uri"] != first["model_uri"]
     assert store.uri(store.read_json("models/codeparrot-ds/LATEST")["path"]) == forced["model_uri"]

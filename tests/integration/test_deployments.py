@@ -97,7 +97,11 @@ def test_pipeline_deployment_runs_on_workers_and_reports_to_the_ui(stack, corpus
     client, root = stack
     config = _config(corpus_dir)
     # A null route, as the UI stores after a schedule edit: the deployment's default route.
-    parameters = {"config": config.model_dump(mode="json"), "training_deployment": None}
+    parameters = {
+        "preset": "custom",
+        "config": config.model_dump(mode="json"),
+        "training_deployment": None,
+    }
     run_id = _start(client, "codeparrot-ds-pipeline/on-demand", parameters)
     run = _wait(client, run_id, root)
     assert run.state.is_completed(), run.state.message
@@ -207,7 +211,11 @@ def test_a_failed_stage_is_shown_with_what_to_do(stack, tmp_path):
     empty.mkdir()
     config = _config(empty)
     # A null route, as the UI stores after a schedule edit: the deployment's default route.
-    parameters = {"config": config.model_dump(mode="json"), "training_deployment": None}
+    parameters = {
+        "preset": "custom",
+        "config": config.model_dump(mode="json"),
+        "training_deployment": None,
+    }
     run_id = _start(client, "codeparrot-ds-pipeline/on-demand", parameters)
     run = _wait(client, run_id, root)
     assert run.state.is_failed()

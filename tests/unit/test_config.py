@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from flows.config import PRESETS, ConfigError, build_config, parse_override
+from flows.config import (
+    CUSTOM,
+    PRESETS,
+    ConfigError,
+    build_config,
+    describe_overrides,
+    parse_override,
+    run_config,
+)
+from tasks.training.config import NeedsGpuError, check_hardware, parameter_count
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -115,3 +126,53 @@ def test_every_stage_is_declared_once_with_its_config_sections():
     sections = [section for stage in stages for section in stage.config_sections]
     assert sorted(sections) == sorted(PipelineConfig.model_fields)  # each section, once
     assert len({stage.name for stage in stages}) == len(stages)
+
+
+def test_a_run_is_a_preset_with_overrides_on_top():
+    config = run_config("smoke", {"train.max_steps": 20, "corpus": {"max_files": 50}}, None)
+    assert config.train.max_steps == 20
+    assert config.corpus.max_files == 50
+    assert config.model.n_layer == PRESETS["smoke"]["model"]["n_layer"]
+    assert describe_overrides({"train.max_steps": 20}) == "train.max_steps=20"
+    assert describe_overrides(None) == "none"
+
+
+def test_custom_runs_the_given_config_with_overrides():
+    given = build_config("smoke")
+    config = run_config(CUSTOM, {"train.learning_rate": 0.01}, given)
+    assert config.model == given.model
+    assert config.train.learning_rate == 0.01
+    # No config with custom: the defaults, which are the course's 124M shape.
+    assert run_config(CUSTOM, None, None).model.n_embd == 768
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"train.lerning_rate": 0.1}, "train.lerning_rate: Extra inputs are not permitted"),
+        ({"train.max_steps": 0}, "train.max_steps: Input should be greater than or equal to 1"),
+        ({"train..max_steps": 1}, "must look like section.field"),
+        ([("train.max_steps", 1)], "overrides must be a mapping"),
+    ],
+)
+def test_bad_overrides_name_the_field(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run_config("smoke", overrides, None)
+
+
+def test_an_unknown_preset_lists_the_choices():
+    with pytest.raises(ConfigError, match="choose one of"):
+        run_config("tiny", None, None)
+
+
+def test_a_large_model_needs_a_gpu_unless_allowed():
+    course = build_config("course")
+    vocab, context = course.tokenizer.vocab_size, course.tokenize.context_length
+    assert parameter_count(course.model, vocab, context) == pytest.approx(124e6, rel=0.01)
+    with pytest.raises(NeedsGpuError, match="124M parameters and this machine has no GPU"):
+        check_hardware(course.model, course.train, vocab, context, has_gpu=False)
+    check_hardware(course.model, course.train, vocab, context, has_gpu=True)
+    allowed = course.train.model_copy(update={"allow_cpu": True})
+    check_hardware(course.model, allowed, vocab, context, has_gpu=False)
+    smoke = build_config("smoke")
+    check_hardware(smoke.model, smoke.train, 4096, 128, has_gpu=False)

@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from flows import report
+from storage.stages import StageRef
 
 HISTORY = {
     "train": [{"step": s, "loss": 6.0 - s / 10} for s in (10, 20, 30)],
@@ -40,17 +41,60 @@ def test_data_report_counts_every_kind_of_skipped_file_and_the_shards():
         assert line in text
 
 
-def test_metrics_rows_carry_losses_perplexity_throughput_and_wall_time():
+def _ref(stage: str, counts: dict, **origin) -> StageRef:
+    return StageRef(stage=stage, key="0" * 20, counts=counts, **origin)
+
+
+def test_metrics_rows_carry_losses_perplexity_throughput_wall_time_and_origins():
+    training = {"final_train_loss": 3.0, "tokens_per_second": 14205.7, "train_seconds": 119.85}
+    evaluation = {"valid_loss": 3.43, "perplexity": 30.96, "untrained_perplexity": 4167.6}
     rows = report.metrics_rows(
-        {"final_train_loss": 3.0, "tokens_per_second": 14205.7, "train_seconds": 119.85},
-        {"valid_loss": 3.43, "perplexity": 30.96, "untrained_perplexity": 4167.6},
-        251.3,
+        {"training": _ref("train", training), "evaluation": _ref("evaluate", evaluation)}, 251.3
     )
     values = {r["metric"]: r["value"] for r in rows}
     assert values["validation perplexity"] == "30.96"
     assert values["training tokens/s"] == "14,205.7"
-    assert values["pipeline wall time (s)"] == "251.3"
+    assert values["training wall time (s)"] == "119.8"
+    assert values["pipeline wall time (s), this run"] == "251.3"
     assert values["training processes"] == "n/a"
+    assert values["training stage"] == "built in this run"
+
+
+def test_metrics_rows_say_which_run_built_a_reused_model():
+    reused = _ref(
+        "train",
+        {"train_seconds": 38.2},
+        reused=True,
+        built_by="flow run cerise-bloodhound (1234)",
+        built_at="2026-12-01T13:20:00+00:00",
+    )
+    values = {
+        r["metric"]: r["value"]
+        for r in report.metrics_rows({"training": reused, "evaluation": _ref("evaluate", {})}, 3.1)
+    }
+    assert values["training stage"] == (
+        "reused from the store: built by flow run cerise-bloodhound (1234) at "
+        "2026-12-01T13:20:00+00:00"
+    )
+    assert values["training wall time (s), in the run that built the model"] == "38.2"
+
+
+def test_try_it_command_quotes_the_prompt_and_carries_the_store_settings():
+    command = report.try_it_command(
+        "s3://bucket/store/models/m/v1",
+        ".venv/bin/codeparrot-ds",
+        {"CODEPARROT_S3_ENDPOINT_URL": "http://127.0.0.1:8333"},
+    )
+    assert command == (
+        "CODEPARROT_S3_ENDPOINT_URL=http://127.0.0.1:8333 .venv/bin/codeparrot-ds generate "
+        "'# create scatter plot with x, y' --model s3://bucket/store/models/m/v1"
+    )
+
+
+def test_charts_are_markdown_with_the_image_embedded_and_their_figures():
+    text = report.chart_markdown("Loss", report.loss_curve_svg(HISTORY), report.loss_table(HISTORY))
+    assert "![Loss](data:image/svg+xml;base64," in text
+    assert "| 30 | 3.000 | 3.500 |" in text
 
 
 def test_samples_are_code_blocks():

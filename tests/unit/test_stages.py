@@ -31,10 +31,14 @@ def _builder(calls):
 
 def test_built_once_then_found(store):
     calls = []
-    first = run_stage(store, SPEC, _builder(calls), LOG)
-    second = run_stage(store, SPEC, _builder(calls), LOG)
+    first = run_stage(store, SPEC, _builder(calls), LOG, built_by="flow run a (1)")
+    second = run_stage(store, SPEC, _builder(calls), LOG, built_by="flow run b (2)")
     assert calls == [1]
-    assert first == second
+    assert (first.key, first.counts) == (second.key, second.counts)
+    # The second found it: it says so, and who built it.
+    assert (first.reused, second.reused) == (False, True)
+    assert first.built_by == second.built_by == "flow run a (1)"
+    assert second.built_at == first.built_at != ""
     manifest = load_manifest(store, "s", first.key)
     assert manifest.parts["a.txt"].size == 5
     assert manifest.parts["a.txt"].sha256.startswith("2cf24dba")
@@ -162,7 +166,8 @@ def test_a_second_builder_waits_for_the_first_and_reuses_its_output(store):
     results["b"] = run_stage(store, SPEC, slow("b"), LOG)
     first.join()
     assert builders == ["a"]
-    assert results["a"] == results["b"]
+    assert results["a"].counts == results["b"].counts == {"by": "a"}
+    assert (results["a"].reused, results["b"].reused) == (False, True)
     assert {store.read_bytes(f"{SPEC.prefix}/part-{i}") for i in range(5)} == {b"a"}
     assert not store.exists(f"{SPEC.prefix}/_lock.json")
 
@@ -182,6 +187,6 @@ def test_an_output_names_the_outputs_it_was_built_from(store):
     parent = run_stage(store, SPEC, _builder([]), LOG)
     child_spec = StageSpec.of("t", {}, {"source": parent}, "v1")
     child = run_stage(store, child_spec, _builder([]), LOG)
-    assert input_ref(store, child, "source") == parent
+    assert input_ref(store, child, "source") == parent.model_copy(update={"reused": True})
     with pytest.raises(DamagedManifestError, match="names no input 'other'"):
         input_ref(store, child, "other")

@@ -1,0 +1,88 @@
+"""One clear line per failure in a run's logs; Prefect's tracebacks for it at debug level.
+
+Prefect logs a failing task's exception with its traceback, then the flow's, then the
+engine's: three tracebacks of about 60 lines around a message that already says what was
+wrong and what to do. For the errors below, which are written for the user, the first record
+becomes that message on one line and the rest go to debug level; other exceptions (bugs) keep
+their tracebacks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+
+from flows.config import ConfigError
+from storage.shards import TokenRangeError
+from storage.store import StoreError, StoreUnavailableError
+from tasks.corpus import CorpusError
+from tasks.filtering import FilterError
+from tasks.generation import ModelLoadError, PromptTooLongError
+from tasks.package_index import PackageIndexError
+from tasks.publish import ModelNotPromotedError
+from tasks.tokenizer import TokenizerError
+from tasks.train import TrainingRunError
+from tasks.train_launch import TrainingLaunchError
+from tasks.training.config import NeedsGpuError
+
+# Errors whose message says what was wrong and what to do.
+CLEAR_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    CorpusError,
+    FilterError,
+    ModelLoadError,
+    ModelNotPromotedError,
+    NeedsGpuError,
+    PackageIndexError,
+    PromptTooLongError,
+    StoreError,
+    StoreUnavailableError,
+    TokenRangeError,
+    TokenizerError,
+    TrainingLaunchError,
+    TrainingRunError,
+)
+# The loggers of Prefect's run engines, whose records reach the UI.
+ENGINE_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
+
+
+def clear_line(error: BaseException) -> str:
+    """The one line a failure is shown as: the error's kind and its message."""
+    message = " ".join(str(error).split())
+    return f"failed: {message} ({type(error).__name__})"
+
+
+class OneLineFailures(logging.Filter):
+    """Rewrites engine error records of clear errors: the first as one line, the rest dropped;
+    each one's traceback is logged again at debug level."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # The errors already shown (exceptions take no weak references; a few are enough,
+        # since the records of one failure come one after another).
+        self.reported: deque[BaseException] = deque(maxlen=16)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep, rewrite or drop one record."""
+        error = record.exc_info[1] if record.exc_info else None
+        if record.levelno < logging.ERROR or not isinstance(error, CLEAR_ERRORS):
+            return True
+        logger = logging.getLogger(record.name)
+        logger.debug("traceback of: %s", record.getMessage(), exc_info=record.exc_info)
+        if any(seen is error for seen in self.reported):
+            return False
+        self.reported.append(error)
+        record.msg, record.args = clear_line(error), ()
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+_FILTER = OneLineFailures()
+
+
+def install_one_line_failures() -> None:
+    """Put the filter on Prefect's engine loggers (once per process)."""
+    for name in ENGINE_LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)

@@ -1,0 +1,254 @@
+"""What a user does in the Prefect UI, in a real browser against the real stack.
+
+(a) a custom run from the form, a preset and one override, training on the gpu pool; then
+the same run again, reused from the store; (b) an edit of the nightly schedule's time keeps
+training on the gpu pool; (c) every artifact page shows its content, and the model's "Try it"
+command works as printed; (d) a bad value is refused in the form, and a bad corpus root is
+one clear line in the run's logs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import pytest
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterName,
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import FlowRunSort
+
+from deployments.stack import REPO_ROOT
+from flows.artifacts import (
+    API_CURVE_KEY,
+    DATA_REPORT_KEY,
+    LOSS_CURVE_KEY,
+    METRICS_KEY,
+    MODEL_KEY,
+    SAMPLES_KEY,
+)
+from tasks.progress import PROGRESS_KEY
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.ui]
+
+RUN_TIMEOUT = 300
+ROUTE_LINE = (
+    "training runs on the deployment codeparrot-ds-train/gpu (from "
+    "$CODEPARROT_TRAINING_DEPLOYMENT, the deployment's default route)"
+)
+
+
+def _open_deployment(page, ui_stack, name: str) -> None:
+    page.goto(f"{ui_stack.url}/deployments")
+    page.get_by_role("link", name=name, exact=True).first.click()
+    page.wait_for_url(re.compile(r"/deployments/deployment/[0-9a-f-]+$"))
+    page.wait_for_load_state("networkidle")
+
+
+def _custom_run_form(page, ui_stack) -> None:
+    _open_deployment(page, ui_stack, "on-demand")
+    page.locator("button", has_text="Run").first.click()
+    page.get_by_text("Custom run").click()
+    page.wait_for_url(re.compile(r"/run\b"))
+    page.wait_for_load_state("networkidle")
+
+
+def _property(page, label: str):
+    """The form field whose label is ``label``."""
+    return page.locator(".schema-form-property").filter(
+        has=page.locator(".schema-form-property__label", has_text=re.compile(f"^{label}"))
+    )
+
+
+def _set_overrides(page, overrides: dict) -> None:
+    field = _property(page, "overrides")
+    field.get_by_role("button", name="dict", exact=True).click()
+    field.locator("textarea").fill(json.dumps(overrides))
+
+
+def _submit(page) -> UUID:
+    """Press Submit; the id of the flow run the UI created.
+
+    The server answers 503 when its SQLite database is busy (a retryable error, which the UI
+    shows as "Error creating flow run"); a user presses Submit again, and so does this.
+    """
+    for _ in range(3):
+        with page.expect_response(
+            lambda r: r.request.method == "POST" and r.url.endswith("/create_flow_run")
+        ) as created:
+            page.get_by_role("button", name="Submit").click()
+        if created.value.status != 503:
+            break
+        time.sleep(2)
+    assert created.value.ok, created.value.text()
+    return UUID(created.value.json()["id"])
+
+
+def _wait(ui_stack, run_id: UUID, timeout: float = RUN_TIMEOUT) -> FlowRun:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = ui_stack.client.read_flow_run(run_id)
+        if run.state is not None and run.state.is_final():
+            return run
+        time.sleep(1)
+    logs = "\n".join(p.read_text()[-3000:] for p in ui_stack.root.rglob("worker-*.log"))
+    pytest.fail(f"flow run {run_id} did not finish in {timeout} s; worker logs:\n{logs}")
+
+
+def _logs(ui_stack, run_id: UUID) -> list[str]:
+    found = ui_stack.client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    return [log.message for log in found]
+
+
+def _children(ui_stack, run_id: UUID) -> list[FlowRun]:
+    return ui_stack.client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])
+        )
+    )
+
+
+def _run_from_form(page, ui_stack) -> tuple[FlowRun, float]:
+    _custom_run_form(page, ui_stack)
+    preset = _property(page, "preset")
+    assert preset.locator(".p-select-button__value").inner_text() == "smoke"
+    _set_overrides(page, {"corpus.roots": [str(ui_stack.corpus)]})
+    started = time.monotonic()
+    run_id = _submit(page)
+    run = _wait(ui_stack, run_id)
+    return run, time.monotonic() - started
+
+
+def test_a_custom_run_from_the_form_trains_on_the_gpu_pool_then_is_reused(page, ui_stack):
+    run, seconds = _run_from_form(page, ui_stack)
+    print(f"a small run from the form: {seconds:.1f} s from Submit to Completed")
+    assert run.state.is_completed(), run.state.message
+    assert run.parameters["preset"] == "smoke"
+    assert run.parameters["overrides"] == {"corpus.roots": [str(ui_stack.corpus)]}
+    [child] = _children(ui_stack, run.id)
+    assert child.work_pool_name == "gpu" and child.state.is_completed()
+    logs = _logs(ui_stack, run.id)
+    assert ROUTE_LINE in logs
+    assert f'settings: preset smoke; overrides: corpus.roots=["{ui_stack.corpus}"]' in logs
+    # The run page shows it completed, with the training run among its subflows.
+    page.reload()
+    page.wait_for_load_state("networkidle")
+    assert page.get_by_text("Completed").first.is_visible()
+
+    again, seconds = _run_from_form(page, ui_stack)
+    print(f"the same run again, reused: {seconds:.1f} s from Submit to Completed")
+    assert again.state.is_completed(), again.state.message
+    assert _children(ui_stack, again.id) == []  # the model was found: no training run
+    metrics = ui_stack.client.read_artifacts(flow_run_filter=FlowRunFilter(id={"any_": [again.id]}))
+    [table] = [a for a in metrics if a.key == METRICS_KEY]
+    values = {row["metric"]: row["value"] for row in json.loads(table.data)}
+    assert values["training stage"].startswith(
+        f"reused from the store: built by flow run {child.name}"
+    )
+
+
+def test_editing_the_nightly_time_in_the_ui_keeps_training_on_the_gpu_pool(page, ui_stack):
+    _open_deployment(page, ui_stack, "nightly")
+    page.locator(".deployment-schedule__menu button").click()
+    page.get_by_text("Edit", exact=True).click()
+    dialog = page.get_by_role("dialog")
+    inputs = dialog.locator("input")
+    inputs.first.wait_for()
+    [cron] = [
+        inputs.nth(i) for i in range(inputs.count()) if inputs.nth(i).input_value() == "0 2 * * *"
+    ]
+    # The next whole minute that leaves the scheduler a few loops to create the run.
+    due = (datetime.now(UTC) + timedelta(seconds=75)).replace(second=0, microsecond=0)
+    cron.fill(f"{due.minute} {due.hour} * * *")
+    dialog.get_by_role("button", name="Save").click()
+    page.get_by_text(f"At {due:%I:%M %p} every day").wait_for()
+
+    deadline = time.monotonic() + RUN_TIMEOUT
+    nightly = None
+    while time.monotonic() < deadline and nightly is None:
+        runs = ui_stack.client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["nightly"])),
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+        )
+        nightly = next((r for r in runs if r.expected_start_time == due), None)
+        time.sleep(1)
+    assert nightly is not None, "the scheduler created no run at the edited time"
+    assert nightly.auto_scheduled
+    run = _wait(ui_stack, nightly.id)
+    logs = _logs(ui_stack, run.id)
+    # The route and the preset come from the deployment, whatever the schedule stored.
+    print("the scheduled run's parameters:", run.parameters)
+    assert ROUTE_LINE in logs
+    assert any(m.startswith("settings: preset ds") for m in logs)
+    # ds reads the package index, which is a closed port here: one clear line says so.
+    assert run.state.is_failed()
+    errors = [m for m in logs if m.startswith("failed: ")]
+    assert len(errors) == 1 and "cannot reach the package index" in errors[0], logs
+
+
+def test_every_artifact_page_shows_its_content(page, ui_stack):
+    page.goto(f"{ui_stack.url}/artifacts")
+    expected = {
+        DATA_REPORT_KEY: "Data report",
+        PROGRESS_KEY: "100",
+        LOSS_CURVE_KEY: "Loss by optimizer step",
+        API_CURVE_KEY: "API accuracy@1 by training tokens",
+        METRICS_KEY: "validation perplexity",
+        SAMPLES_KEY: "# create scatter plot with x, y",
+        MODEL_KEY: "Try it, from the repository root",
+    }
+    for key, text in expected.items():
+        # Artifacts > the key (its versions) > the newest version's page.
+        page.goto(f"{ui_stack.url}/artifacts")
+        page.get_by_text(key, exact=True).first.click()
+        page.wait_for_url(re.compile(f"/artifacts/key/{key}$"))
+        page.locator("a[href^='/artifacts/artifact/']").first.click()
+        page.wait_for_url(re.compile(r"/artifacts/artifact/[0-9a-f-]{36}$"))
+        page.get_by_text(text).first.wait_for()
+        if key in (LOSS_CURVE_KEY, API_CURVE_KEY):
+            chart = page.locator("img[src^='data:image/svg+xml']").first
+            chart.wait_for()
+            assert chart.evaluate("img => img.naturalWidth") > 0
+            assert page.get_by_text("data:image").count() == 0  # no giant link
+        if key == MODEL_KEY:
+            command = page.locator("code", has_text=" generate ").first.inner_text()
+            done = subprocess.run(
+                ["bash", "-c", command], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+            )
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert done.stdout.startswith("# create scatter plot with x, y\n")
+
+
+def test_bad_values_are_refused_in_the_form_or_shown_as_one_line(page, ui_stack):
+    _custom_run_form(page, ui_stack)
+    before = len(ui_stack.client.read_flow_runs())
+    config = _property(page, "config")
+    config.get_by_role("button", name="PipelineConfig", exact=True).click()
+    # The innermost property with that label: the field itself, not its sections.
+    _property(page, "Learning Rate").last.locator("input").fill("-1")
+    page.get_by_role("button", name="Submit").click()
+    page.get_by_text("Validation failed for field 'config.train.learning_rate'").first.wait_for()
+    assert re.search(r"/run\b", page.url)
+    assert len(ui_stack.client.read_flow_runs()) == before
+
+    _custom_run_form(page, ui_stack)
+    missing = ui_stack.root / "no-such-folder"
+    _set_overrides(page, {"corpus.roots": [str(missing)]})
+    run = _wait(ui_stack, _submit(page), timeout=120)
+    assert run.state.is_failed()
+    page.goto(f"{ui_stack.url}/runs/flow-run/{run.id}")  # opens on its logs
+    clear = f"corpus root {str(missing)!r} is not a folder; fix corpus.roots"
+    page.get_by_text(clear).first.wait_for()
+    assert page.get_by_text("Traceback").count() == 0
+    errors = [m for m in _logs(ui_stack, run.id) if m.startswith("failed: ")]
+    assert errors == [f"failed: {clear} (CorpusError)"]
