@@ -209,11 +209,11 @@ def test_a_failed_stage_is_shown_with_what_to_do(stack, tmp_path):
     client, root = stack
     empty = tmp_path / "no-python-here"
     empty.mkdir()
-    config = _config(empty)
-    # A null route, as the UI stores after a schedule edit: the deployment's default route.
+    # Null preset and route, as a schedule's parameter overrides may store them: the
+    # deployment's preset (smoke) and its default route.
     parameters = {
-        "preset": "custom",
-        "config": config.model_dump(mode="json"),
+        "preset": None,
+        "overrides": {"corpus.roots": [str(empty)]},
         "training_deployment": None,
     }
     run_id = _start(client, "codeparrot-ds-pipeline/on-demand", parameters)
@@ -224,4 +224,11 @@ def test_a_failed_stage_is_shown_with_what_to_do(stack, tmp_path):
     )
     [failed] = [t for t in task_runs if t.state.is_failed()]
     assert failed.name.startswith("stream-corpus")
-    assert "point corpus.roots at a folder of Python code" in "\n".join(_logs(client, run_id))
+    logs = _logs(client, run_id)
+    assert (
+        f'settings: preset smoke (the run\'s preset was empty); overrides: corpus.roots=["{empty}"]'
+    ) in logs
+    # One clear line for the failure; Prefect's tracebacks of it are at debug level.
+    errors = [m for m in logs if m.startswith("failed: ")]
+    assert len(errors) == 1 and "point corpus.roots at a folder of Python code" in errors[0]
+    assert not any("Traceback" in m for m in logs)
