@@ -167,8 +167,9 @@ def test_editing_the_nightly_time_in_the_ui_keeps_training_on_the_gpu_pool(page,
     [cron] = [
         inputs.nth(i) for i in range(inputs.count()) if inputs.nth(i).input_value() == "0 2 * * *"
     ]
-    # The next whole minute that leaves the scheduler a few loops to create the run.
-    due = (datetime.now(UTC) + timedelta(seconds=75)).replace(second=0, microsecond=0)
+    # A whole minute at least 60 s ahead: the dialog, the save and the scheduler's next loop
+    # must all come before it, on a loaded 2-core machine too (15 s was not enough in CI).
+    due = (datetime.now(UTC) + timedelta(seconds=120)).replace(second=0, microsecond=0)
     cron.fill(f"{due.minute} {due.hour} * * *")
     dialog.get_by_role("button", name="Save").click()
     page.get_by_text(f"At {due:%I:%M %p} every day").wait_for()
