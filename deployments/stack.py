@@ -191,9 +191,7 @@ def up(port: int, root: Path = STACK_DIR, settings: dict[str, str] | None = None
     state = {"pids": pids}
     logs = root / "logs"
     try:
-        server = start_prefect_server(
-            root / "prefect", port, logs / "prefect-server.log", settings or {}
-        )
+        server = start_prefect_server(root / "prefect", port, logs / "prefect-server.log", settings)
         pids["prefect-server"] = server.pid
         state_path.write_text(json.dumps(state))
         seaweedfs = SeaweedFS(root / "seaweedfs", "codeparrot", secrets.token_hex(16))

@@ -242,36 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``codeparrot-ds``; user errors print one clear message and exit 2."""
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    from flows.config import ConfigError
-    from storage.shards import TokenRangeError
-    from storage.store import StoreError, StoreUnavailableError
-    from tasks.corpus import CorpusError
-    from tasks.filtering import FilterError
-    from tasks.generation import ModelLoadError, PromptTooLongError
-    from tasks.package_index import PackageIndexError
-    from tasks.publish import ModelNotPromotedError
-    from tasks.tokenizer import TokenizerError
-    from tasks.training.config import NeedsGpuError
+    from flows.failures import RUN_ERRORS, USER_ERRORS
 
     try:
         return args.func(args)
-    except (
-        ConfigError,
-        NeedsGpuError,
-        StoreError,
-        CorpusError,
-        FilterError,
-        TokenizerError,
-        TokenRangeError,
-        FileNotFoundError,
-        PromptTooLongError,
-        ModelLoadError,
-        PackageIndexError,
-    ) as err:
+    except (*USER_ERRORS, FileNotFoundError) as err:
         print(f"codeparrot-ds: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except (StoreUnavailableError, ModelNotPromotedError) as err:
-        # Not the user's input: the store may come back; a better model may come next night.
+    except RUN_ERRORS as err:
+        # Not the user's input: retrying later, or fixing what its message names, may help.
         print(f"codeparrot-ds: error: {err}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

@@ -25,23 +25,28 @@ from tasks.train import TrainingRunError
 from tasks.train_launch import TrainingLaunchError
 from tasks.training.config import NeedsGpuError
 
-# Errors whose message says what was wrong and what to do.
-CLEAR_ERRORS: tuple[type[BaseException], ...] = (
+# Errors whose message says what was wrong and what to do: in the user's input or setup...
+USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     CorpusError,
     FilterError,
     ModelLoadError,
-    ModelNotPromotedError,
     NeedsGpuError,
     PackageIndexError,
     PromptTooLongError,
     StoreError,
-    StoreUnavailableError,
     TokenRangeError,
     TokenizerError,
+)
+# ...or not: the store may come back, a better model may come next night, a training run on
+# another worker failed (its own log says why).
+RUN_ERRORS: tuple[type[BaseException], ...] = (
+    ModelNotPromotedError,
+    StoreUnavailableError,
     TrainingLaunchError,
     TrainingRunError,
 )
+CLEAR_ERRORS = USER_ERRORS + RUN_ERRORS
 # The loggers of Prefect's run engines, whose records reach the UI.
 ENGINE_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
 

@@ -13,13 +13,9 @@ from prefect.client.schemas.filters import (
     ArtifactFilterKey,
     FlowRunFilter,
     FlowRunFilterId,
-    FlowRunFilterParentFlowRunId,
-    LogFilter,
-    LogFilterFlowRunId,
     TaskRunFilter,
     TaskRunFilterFlowRunId,
 )
-from prefect.client.schemas.objects import FlowRun
 
 from deployments.seaweedfs import HOST, free_ports
 from deployments.stack import (
@@ -42,6 +38,7 @@ from flows.artifacts import (
 from tasks.progress import PROGRESS_KEY
 from tasks.training_run import training_request
 from tests.flows.test_pipeline import _config
+from tests.prefect_runs import child_runs, run_logs, wait_for_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -72,25 +69,9 @@ def stack(tmp_path_factory):
             stop_group(process.pid)
 
 
-def _wait(client: SyncPrefectClient, run_id: UUID, root) -> FlowRun:
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while time.monotonic() < deadline:
-        run = client.read_flow_run(run_id)
-        if run.state is not None and run.state.is_final():
-            return run
-        time.sleep(2)
-    logs = "\n".join(p.read_text()[-3000:] for p in sorted(root.glob("worker-*.log")))
-    pytest.fail(f"flow run {run_id} did not finish in {RUN_TIMEOUT} s; worker logs:\n{logs}")
-
-
 def _start(client: SyncPrefectClient, deployment: str, parameters: dict) -> UUID:
     found = client.read_deployment_by_name(deployment)
     return client.create_flow_run_from_deployment(found.id, parameters=parameters).id
-
-
-def _logs(client: SyncPrefectClient, run_id: UUID) -> list[str]:
-    found = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
-    return [log.message for log in found]
 
 
 def test_pipeline_deployment_runs_on_workers_and_reports_to_the_ui(stack, corpus_dir):
@@ -103,7 +84,7 @@ def test_pipeline_deployment_runs_on_workers_and_reports_to_the_ui(stack, corpus
         "training_deployment": None,
     }
     run_id = _start(client, "codeparrot-ds-pipeline/on-demand", parameters)
-    run = _wait(client, run_id, root)
+    run = wait_for_run(client, run_id, root, RUN_TIMEOUT)
     assert run.state.is_completed(), run.state.message
 
     task_runs = client.read_task_runs(
@@ -120,7 +101,7 @@ def test_pipeline_deployment_runs_on_workers_and_reports_to_the_ui(stack, corpus
         "publish-model",
     } <= names
     assert all(t.state.is_completed() for t in task_runs)
-    pipeline_logs = _logs(client, run_id)
+    pipeline_logs = run_logs(client, run_id)
     assert any("tokens:" in m or "committed" in m for m in pipeline_logs)
     assert (
         "training runs on the deployment codeparrot-ds-train/gpu (from "
@@ -129,14 +110,10 @@ def test_pipeline_deployment_runs_on_workers_and_reports_to_the_ui(stack, corpus
 
     # Training ran as its own flow run on the gpu pool, a child of the pipeline's run, and its
     # progress lines reached the UI.
-    children = client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])
-        )
-    )
+    children = child_runs(client, run_id)
     assert [c.work_pool_name for c in children] == ["gpu"]
     assert children[0].state.is_completed()
-    training_logs = _logs(client, children[0].id)
+    training_logs = run_logs(client, children[0].id)
     steps = config.train.max_steps
     assert any(f"step {steps}/{steps}" in m and "tok/s" in m for m in training_logs)
 
@@ -217,14 +194,14 @@ def test_a_failed_stage_is_shown_with_what_to_do(stack, tmp_path):
         "training_deployment": None,
     }
     run_id = _start(client, "codeparrot-ds-pipeline/on-demand", parameters)
-    run = _wait(client, run_id, root)
+    run = wait_for_run(client, run_id, root, RUN_TIMEOUT)
     assert run.state.is_failed()
     task_runs = client.read_task_runs(
         task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id]))
     )
     [failed] = [t for t in task_runs if t.state.is_failed()]
     assert failed.name.startswith("stream-corpus")
-    logs = _logs(client, run_id)
+    logs = run_logs(client, run_id)
     assert (
         f'settings: preset smoke (the run\'s preset was empty); overrides: corpus.roots=["{empty}"]'
     ) in logs

@@ -21,9 +21,6 @@ from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterName,
     FlowRunFilter,
-    FlowRunFilterParentFlowRunId,
-    LogFilter,
-    LogFilterFlowRunId,
 )
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
@@ -38,6 +35,7 @@ from flows.artifacts import (
     SAMPLES_KEY,
 )
 from tasks.progress import PROGRESS_KEY
+from tests.prefect_runs import child_runs, run_logs, wait_for_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.ui]
 
@@ -94,30 +92,6 @@ def _submit(page) -> UUID:
     return UUID(created.value.json()["id"])
 
 
-def _wait(ui_stack, run_id: UUID, timeout: float = RUN_TIMEOUT) -> FlowRun:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = ui_stack.client.read_flow_run(run_id)
-        if run.state is not None and run.state.is_final():
-            return run
-        time.sleep(1)
-    logs = "\n".join(p.read_text()[-3000:] for p in ui_stack.root.rglob("worker-*.log"))
-    pytest.fail(f"flow run {run_id} did not finish in {timeout} s; worker logs:\n{logs}")
-
-
-def _logs(ui_stack, run_id: UUID) -> list[str]:
-    found = ui_stack.client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
-    return [log.message for log in found]
-
-
-def _children(ui_stack, run_id: UUID) -> list[FlowRun]:
-    return ui_stack.client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])
-        )
-    )
-
-
 def _run_from_form(page, ui_stack) -> tuple[FlowRun, float]:
     _custom_run_form(page, ui_stack)
     preset = _property(page, "preset")
@@ -125,7 +99,7 @@ def _run_from_form(page, ui_stack) -> tuple[FlowRun, float]:
     _set_overrides(page, {"corpus.roots": [str(ui_stack.corpus)]})
     started = time.monotonic()
     run_id = _submit(page)
-    run = _wait(ui_stack, run_id)
+    run = wait_for_run(ui_stack.client, run_id, ui_stack.root, RUN_TIMEOUT)
     return run, time.monotonic() - started
 
 
@@ -135,9 +109,9 @@ def test_a_custom_run_from_the_form_trains_on_the_gpu_pool_then_is_reused(page, 
     assert run.state.is_completed(), run.state.message
     assert run.parameters["preset"] == "smoke"
     assert run.parameters["overrides"] == {"corpus.roots": [str(ui_stack.corpus)]}
-    [child] = _children(ui_stack, run.id)
+    [child] = child_runs(ui_stack.client, run.id)
     assert child.work_pool_name == "gpu" and child.state.is_completed()
-    logs = _logs(ui_stack, run.id)
+    logs = run_logs(ui_stack.client, run.id)
     assert ROUTE_LINE in logs
     assert f'settings: preset smoke; overrides: corpus.roots=["{ui_stack.corpus}"]' in logs
     # The run page shows it completed, with the training run among its subflows.
@@ -148,7 +122,7 @@ def test_a_custom_run_from_the_form_trains_on_the_gpu_pool_then_is_reused(page, 
     again, seconds = _run_from_form(page, ui_stack)
     print(f"the same run again, reused: {seconds:.1f} s from Submit to Completed")
     assert again.state.is_completed(), again.state.message
-    assert _children(ui_stack, again.id) == []  # the model was found: no training run
+    assert child_runs(ui_stack.client, again.id) == []  # the model was found: no training run
     metrics = ui_stack.client.read_artifacts(flow_run_filter=FlowRunFilter(id={"any_": [again.id]}))
     [table] = [a for a in metrics if a.key == METRICS_KEY]
     values = {row["metric"]: row["value"] for row in json.loads(table.data)}
@@ -185,8 +159,8 @@ def test_editing_the_nightly_time_in_the_ui_keeps_training_on_the_gpu_pool(page,
         time.sleep(1)
     assert nightly is not None, "the scheduler created no run at the edited time"
     assert nightly.auto_scheduled
-    run = _wait(ui_stack, nightly.id)
-    logs = _logs(ui_stack, run.id)
+    run = wait_for_run(ui_stack.client, nightly.id, ui_stack.root, RUN_TIMEOUT)
+    logs = run_logs(ui_stack.client, run.id)
     # The route and the preset come from the deployment, whatever the schedule stored.
     print("the scheduled run's parameters:", run.parameters)
     assert ROUTE_LINE in logs
@@ -245,11 +219,11 @@ def test_bad_values_are_refused_in_the_form_or_shown_as_one_line(page, ui_stack)
     _custom_run_form(page, ui_stack)
     missing = ui_stack.root / "no-such-folder"
     _set_overrides(page, {"corpus.roots": [str(missing)]})
-    run = _wait(ui_stack, _submit(page), timeout=120)
+    run = wait_for_run(ui_stack.client, _submit(page), ui_stack.root, 120)
     assert run.state.is_failed()
     page.goto(f"{ui_stack.url}/runs/flow-run/{run.id}")  # opens on its logs
     clear = f"corpus root {str(missing)!r} is not a folder; fix corpus.roots"
     page.get_by_text(clear).first.wait_for()
     assert page.get_by_text("Traceback").count() == 0
-    errors = [m for m in _logs(ui_stack, run.id) if m.startswith("failed: ")]
+    errors = [m for m in run_logs(ui_stack.client, run.id) if m.startswith("failed: ")]
     assert errors == [f"failed: {clear} (CorpusError)"]

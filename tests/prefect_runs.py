@@ -1,0 +1,47 @@
+"""Flow runs on a real Prefect server, as tests read them: wait for one, its logs, its children."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.objects import FlowRun
+
+
+def wait_for_run(
+    client: SyncPrefectClient, run_id: UUID, logs_root: Path, timeout: float
+) -> FlowRun:
+    """The run once it is in a final state; a failure with the workers' logs (``worker-*.log``
+    under ``logs_root``) if it is not within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = client.read_flow_run(run_id)
+        if run.state is not None and run.state.is_final():
+            return run
+        time.sleep(1)
+    logs = "\n".join(p.read_text()[-3000:] for p in sorted(logs_root.rglob("worker-*.log")))
+    pytest.fail(f"flow run {run_id} did not finish in {timeout} s; worker logs:\n{logs}")
+
+
+def run_logs(client: SyncPrefectClient, run_id: UUID) -> list[str]:
+    """The messages of a run's log, oldest first."""
+    found = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    return [log.message for log in found]
+
+
+def child_runs(client: SyncPrefectClient, run_id: UUID) -> list[FlowRun]:
+    """The flow runs started from a run (the training run of a pipeline run)."""
+    return client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])
+        )
+    )
