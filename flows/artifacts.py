@@ -37,10 +37,12 @@ SAMPLES_KEY = "codeparrot-ds-samples"
 MODEL_KEY = "codeparrot-ds-model"
 
 
-def publish_data_report(corpus: StageRef, documents: StageRef, tokens: StageRef) -> None:
-    """Files seen, skipped and kept, duplicates, tokens and shards."""
+def publish_data_report(
+    corpus: StageRef, documents: StageRef, tokens: StageRef, groups: dict[str, int]
+) -> None:
+    """Files seen, skipped and kept, duplicates, tokens and shards, groups rebuilt."""
     create_markdown_artifact(
-        report.data_report(corpus.counts, documents.counts, tokens.counts),
+        report.data_report(corpus.counts, documents.counts, tokens.counts, groups),
         key=DATA_REPORT_KEY,
         description="What the corpus held and what the filter and tokenizer made of it",
     )

@@ -66,6 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             config=config,
             store_url=args.store,
             training_deployment=args.training_deployment,
+            dask_address=args.dask_address,
         )
     elapsed = time.perf_counter() - started
     print()
@@ -204,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on this deployment's workers, e.g. codeparrot-ds-train/gpu (needs a "
         "Prefect server with the deployments and a store both machines reach), or 'local' "
         "(default: $CODEPARROT_TRAINING_DEPLOYMENT, else local)",
+    )
+    run.add_argument(
+        "--dask-address",
+        metavar="ADDRESS",
+        help="filter and tokenize the corpus's groups on the Dask cluster whose scheduler is "
+        "here (tcp://host:port), or 'none' for this process only (default: "
+        "$CODEPARROT_DASK_ADDRESS, else a local cluster of one worker per core)",
     )
     run.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit"

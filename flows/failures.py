@@ -13,6 +13,7 @@ import logging
 from collections import deque
 
 from flows.config import ConfigError
+from flows.data import DaskSettingError
 from storage.shards import TokenRangeError
 from storage.store import StoreError, StoreUnavailableError
 from tasks.corpus import CorpusError
@@ -29,6 +30,7 @@ from tasks.training.config import NeedsGpuError
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     CorpusError,
+    DaskSettingError,
     FilterError,
     ModelLoadError,
     NeedsGpuError,

@@ -13,16 +13,13 @@ from prefect.context import FlowRunContext
 
 from flows.artifacts import publish_data_report, publish_model_link, publish_training_report
 from flows.config import CUSTOM, PRESETS, PipelineConfig, describe_overrides, run_config
+from flows.data import DataConfig, run_data_stages
 from flows.failures import install_one_line_failures
 from flows.routing import describe_route, resolve_training_route
 from storage.store import Store
 from tasks.common import open_run_store
-from tasks.corpus import stream_corpus
 from tasks.evaluate import SCATTER_PROMPT, evaluate_perplexity
-from tasks.filtering import filter_by_keywords
 from tasks.publish import publish_model
-from tasks.tokenize import tokenize_to_shards
-from tasks.tokenizer import train_tokenizer
 from tasks.train import train_model, train_model_on_deployment
 from tasks.training.config import check_hardware
 
@@ -48,6 +45,7 @@ def codeparrot_pipeline(
     overrides: dict[str, Any] | None = None,
     store_url: str | None = None,
     training_deployment: str | None = None,
+    dask_address: str | None = None,
     config: PipelineConfig | None = None,
 ) -> dict[str, Any]:
     """Stream, filter, tokenize, train, evaluate and publish; return where the model went.
@@ -66,6 +64,9 @@ def codeparrot_pipeline(
         training_deployment: Train on this deployment's workers (for example
             codeparrot-ds-train/gpu), or "local" to train in this flow run. Empty means the
             deployment's default route, $CODEPARROT_TRAINING_DEPLOYMENT (the gpu pool).
+        dask_address: The Dask scheduler (tcp://host:port) whose workers filter and tokenize
+            the corpus's groups; none runs them in this flow run's process. Empty means
+            $CODEPARROT_DASK_ADDRESS, else a local cluster with one worker per core.
         config: Every stage's settings, used only with the preset custom. Empty means the
             defaults, which are the course's 124M model.
     """
@@ -86,11 +87,21 @@ def codeparrot_pipeline(
             torch.cuda.is_available(),
         )
     store_url = open_run_store(store_url)
-    corpus = stream_corpus(config.corpus, store_url)
-    documents = filter_by_keywords(corpus, config.filter, store_url)
-    tokenizer = train_tokenizer(documents, config.tokenizer, store_url)
-    tokens = tokenize_to_shards(documents, tokenizer, config.tokenize, store_url)
-    publish_data_report(corpus, documents, tokens)
+    data = run_data_stages(
+        DataConfig(
+            corpus=config.corpus,
+            filter=config.filter,
+            tokenizer=config.tokenizer,
+            tokenize=config.tokenize,
+        ),
+        store_url,
+        dask_address,
+        os.environ,
+    )
+    corpus, documents, tokenizer, tokens = (
+        data[name] for name in ("corpus", "documents", "tokenizer", "tokens")
+    )
+    publish_data_report(corpus, documents, tokens, data["groups"])
     if route:
         training = train_model_on_deployment(
             tokens, tokenizer, config.model, config.train, store_url, route

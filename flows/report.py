@@ -29,8 +29,11 @@ def markdown_table(rows: list[tuple[str, Any]], header: tuple[str, str]) -> str:
     return "\n".join(lines)
 
 
-def data_report(corpus: dict, documents: dict, tokens: dict) -> str:
-    """Markdown: what the corpus held, what the filter kept, and what tokenizing made of it."""
+def data_report(
+    corpus: dict, documents: dict, tokens: dict, groups: dict[str, int] | None = None
+) -> str:
+    """Markdown: what the corpus held, what the filter kept, what tokenizing made of it, and
+    how many of the corpus's groups this run filtered and tokenized (the rest were reused)."""
 
     def skipped(counts: dict, when: str) -> list[tuple[str, Any]]:
         return [
@@ -52,6 +55,7 @@ def data_report(corpus: dict, documents: dict, tokens: dict) -> str:
         ("comment lines cut", documents.get("comment_lines_cut")),
         ("dropped: no data-science keyword", documents.get("no_keyword")),
         ("dropped: duplicates", documents.get("duplicates")),
+        ("dropped: near duplicates (MinHash)", documents.get("near_duplicates")),
         ("kept", documents.get("kept")),
     ]
     splits = [
@@ -63,15 +67,24 @@ def data_report(corpus: dict, documents: dict, tokens: dict) -> str:
         ("context length", tokens.get("context_length")),
         ("vocabulary size", tokens.get("vocab_size")),
     ]
-    return "\n\n".join(
-        [
-            "# Data report",
-            "## Files",
-            markdown_table([r for r in files if r[1] is not None], ("", "count")),
-            "## Tokens and shards",
-            markdown_table(splits + settings, ("", "count")),
+    sections = [
+        "# Data report",
+        "## Files",
+        markdown_table([r for r in files if r[1] is not None], ("", "count")),
+        "## Tokens and shards",
+        markdown_table(splits + settings, ("", "count")),
+    ]
+    if groups:
+        rows = [
+            ("groups in the corpus", groups.get("groups")),
+            ("groups filtered in this run", groups.get("filtered")),
+            ("groups tokenized in this run", groups.get("tokenized")),
         ]
-    )
+        sections += [
+            "## Groups (the rest were reused from the store)",
+            markdown_table(rows, ("", "count")),
+        ]
+    return "\n\n".join(sections)
 
 
 def stage_origin(ref: StageRef) -> str:

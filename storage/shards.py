@@ -1,6 +1,10 @@
 """Shard formats: documents as Parquet, token chunks as Arrow IPC files.
 
-Document shards have columns ``id`` and ``content``. Token shards have one column ``input_ids``,
+Document shards have columns ``id`` and ``content``. An output may instead be a *union*: its
+``members.json`` part lists other committed outputs (one per corpus group), read in that order,
+each with an optional part of its own that names the documents to skip (the duplicates that
+dedup found across groups). Readers follow it, so training and evaluation read the union of
+the groups without a copy. Token shards have one column ``input_ids``,
 a fixed-size list of ``context_length`` integers, stored as uint16 when every id the tokenizer
 can emit fits (a shard is then half the size), else uint32; each shard is memory-mapped
 straight into a training batch. Every batch is range-checked before the cast: an id that does
@@ -10,7 +14,9 @@ not fit is an error, never a silent wrap.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -26,9 +32,10 @@ from storage.stages import (
     read_manifest,
     read_part,
 )
-from storage.store import DamagedObjectError, Store
+from storage.store import DamagedObjectError, Store, StoreError
 
 SPLITS = ("train", "valid")
+MEMBERS_PART = "members.json"
 TOKEN_DTYPES = (np.dtype(np.uint16), np.dtype(np.uint32))
 
 
@@ -87,22 +94,123 @@ class DocumentShardWriter:
         self.ids, self.contents, self.buffered_bytes = [], [], 0
 
 
+@dataclass(frozen=True)
+class Member:
+    """One output of a union, with the part of the union that lists its skipped documents."""
+
+    ref: StageRef
+    drops: str | None = None
+
+
+def union_members(store: Store, ref: StageRef, manifest: Manifest | None = None) -> list[Member]:
+    """The members of a union output, in order; [] for an output that holds its own shards."""
+    manifest = manifest or read_manifest(store, ref)
+    if MEMBERS_PART not in manifest.parts:
+        return []
+    try:
+        entries = json.loads(read_part(store, ref, MEMBERS_PART, manifest))
+        members = []
+        for entry in entries:
+            stage, _, key = entry["prefix"].rpartition("/")
+            drops = entry.get("drops")
+            if drops is not None and drops not in manifest.parts:
+                raise ValueError(f"no part {drops!r}")
+            members.append(Member(StageRef(stage=stage, key=key), drops))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise DamagedObjectError(
+            f"{store.uri(ref.prefix)}/{MEMBERS_PART} is not a member list ({err}); delete "
+            f"{store.uri(ref.prefix)} and rerun"
+        ) from None
+    return members
+
+
+def write_members(writer: StageWriter, members: list[Member]) -> None:
+    """Write a union's member list (the drop parts must be written through ``writer`` too)."""
+    writer.write_json(
+        MEMBERS_PART,
+        [{"prefix": m.ref.prefix, **({"drops": m.drops} if m.drops else {})} for m in members],
+    )
+
+
+def dropped_positions(store: Store, union: StageRef, drops: str | None) -> dict[str, set[int]]:
+    """The positions (within each split, in shard order) of the documents a member skips."""
+    if drops is None:
+        return {split: set() for split in SPLITS}
+    table = pq.read_table(io.BytesIO(read_part(store, union, drops)))
+    found: dict[str, set[int]] = {split: set() for split in SPLITS}
+    for split, position in zip(
+        table["split"].to_pylist(), table["position"].to_pylist(), strict=True
+    ):
+        if split not in found or not isinstance(position, int) or position < 0:
+            raise DamagedObjectError(f"{store.uri(union.prefix)}/{drops} is not a drop list")
+        found[split].add(position)
+    return found
+
+
+def open_document_shard(
+    store: Store,
+    ref: StageRef,
+    name: str,
+    batch_size: int = 256,
+    manifest: Manifest | None = None,
+    skip: set[int] | None = None,
+    first: int = 0,
+) -> tuple[int, Iterator[list[str]]]:
+    """One document shard, checked against its manifest: its number of rows, and its contents
+    in batches. ``skip`` holds positions to leave out, counted from ``first`` at its first row.
+    """
+    parquet = pq.ParquetFile(io.BytesIO(read_part(store, ref, name, manifest)))
+
+    def batches() -> Iterator[list[str]]:
+        position = first
+        for batch in parquet.iter_batches(batch_size=batch_size, columns=["content"]):
+            texts = batch.column("content").to_pylist()
+            if skip:
+                texts = [t for i, t in enumerate(texts, position) if i not in skip]
+            position += batch.num_rows
+            if texts:
+                yield texts
+
+    return parquet.metadata.num_rows, batches()
+
+
+def member_drops(
+    store: Store, union: StageRef, member: StageRef
+) -> tuple[str | None, dict[str, set[int]]]:
+    """What a union's member skips: the sha256 of its drop list (None: nothing) and, per split,
+    the positions it lists."""
+    manifest = read_manifest(store, union)
+    for found in union_members(store, union, manifest):
+        if found.ref.prefix == member.prefix:
+            digest = manifest.parts[found.drops].sha256 if found.drops else None
+            return digest, dropped_positions(store, union, found.drops)
+    raise StoreError(f"{store.uri(union.prefix)} has no member {member.prefix}; rerun the pipeline")
+
+
 def iter_shard_batches(
     store: Store, ref: StageRef, name: str, batch_size: int = 256, manifest: Manifest | None = None
 ) -> Iterator[list[str]]:
     """Yield the contents of one document shard in batches, after checking its checksum."""
-    parquet = pq.ParquetFile(io.BytesIO(read_part(store, ref, name, manifest)))
-    for batch in parquet.iter_batches(batch_size=batch_size, columns=["content"]):
-        yield batch.column("content").to_pylist()
+    yield from open_document_shard(store, ref, name, batch_size, manifest)[1]
 
 
 def iter_document_batches(
     store: Store, ref: StageRef, split: str, batch_size: int = 256
 ) -> Iterator[list[str]]:
-    """Yield the contents of a split's documents in batches, shard by shard, in order."""
+    """Yield the contents of a split's documents in batches, shard by shard, in order; a
+    union's members one after another, without the documents each one skips."""
     manifest = read_manifest(store, ref)
-    for name in part_names(manifest, split):
-        yield from iter_shard_batches(store, ref, name, batch_size, manifest)
+    members = union_members(store, ref, manifest) or [Member(ref)]
+    for member in members:
+        skip = dropped_positions(store, ref, member.drops)[split]
+        member_manifest = manifest if member.ref == ref else read_manifest(store, member.ref)
+        first = 0
+        for name in part_names(member_manifest, split):
+            rows, batches = open_document_shard(
+                store, member.ref, name, batch_size, member_manifest, skip, first
+            )
+            yield from batches
+            first += rows
 
 
 class TokenShardWriter:
@@ -165,11 +273,15 @@ class TokenShardWriter:
 
 
 def load_token_shards(store: Store, ref: StageRef, split: str) -> list[np.ndarray]:
-    """Memory-map every token shard of a split as a (rows, context_length) array, in order.
+    """Memory-map every token shard of a split as a (rows, context_length) array, in order (a
+    union's members one after another).
 
     Each shard is checked against its manifest; a remote store's shards are cached locally.
     """
     manifest = read_manifest(store, ref)
+    members = union_members(store, ref, manifest)
+    if members:
+        return [a for m in members for a in load_token_shards(store, m.ref, split)]
     arrays = []
     for name in part_names(manifest, split):
         path = part_file(store, ref, name, manifest)

@@ -6,6 +6,7 @@ Prefect caches nothing and no Prefect result record (a pickle) is ever written o
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -95,6 +96,15 @@ def open_run_store(store_url: str | None) -> str:
         use_credentials_block()
     Store(url).check_access()
     return url
+
+
+@functools.cache
+def worker_store(store_url: str) -> Store:
+    """The store, for a task that may run in another process than its flow (a Dask worker):
+    S3 credentials from a Prefect block are loaded once per process."""
+    if not store_url.startswith("file://"):
+        use_credentials_block()
+    return Store(store_url)
 
 
 def _kebab(name: str) -> str:

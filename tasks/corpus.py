@@ -7,7 +7,9 @@ with ``datasets``.
 
 The stage commits a *snapshot* of the source (the file listing with sizes and mtimes, or the
 dataset's revision) rather than a copy of the raw code: its key changes when the corpus changes,
-and the filter stage streams the documents from it without holding them in memory.
+and the filter stage streams the documents from it without holding them in memory. The listing
+is committed cut into groups (``tasks.groups``), each with a fingerprint of its rows: the filter
+and tokenize stages run once per group, keyed on that fingerprint.
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
+import tasks.groups
 from storage.stages import StageRef, StageWriter, read_manifest, read_part
 from storage.store import DamagedObjectError, Store, open_regular
 from tasks.common import Stage, stage_logger
+from tasks.groups import cut_by_path, limit_listing, one_per_row, path_hash, table_fingerprint
 from tasks.notebooks import NotebookError, notebook_to_python
 from tasks.package_index import (
     ARCHIVES_DIR,
@@ -51,8 +55,9 @@ from tasks.package_index import (
 from tasks.params import StageParams
 
 DEFAULT_HUB_DATASET = "huggingface-course/codeparrot-ds-train"
-LISTING_PART = "listing.parquet"
 SOURCE_PART = "source.json"
+GROUPS_PART = "groups.json"
+HUB_GROUP = "hub"
 
 
 class CorpusError(ValueError):
@@ -81,9 +86,16 @@ class CorpusConfig(StageParams):
     hub_split: str = "train"
     """Split of the Hub dataset."""
     max_files: int | None = Field(default=None, ge=1)
-    """Stop after reading this many files (for quick runs); None reads all."""
+    """Read at most this many files (for quick runs); None reads all. Local Python files: the
+    first ones in a hash order of their paths. Data files, archives and the Hub: per group."""
     max_bytes: int | None = Field(default=None, ge=1)
-    """Stop after reading this many bytes of code; None reads all."""
+    """Read at most this many bytes of code, counted as max_files is; None reads all."""
+    group_files: int = Field(default=400, ge=1)
+    """Local Python files per group on average: a group is filtered and tokenized as one task
+    and rebuilt only when one of its files changes. Data files and archives are a group each."""
+    group_max_bytes: int = Field(default=32 << 20, ge=1 << 10)
+    """A group of local Python files ends once it holds this many bytes: the bound on one
+    task's input, and so on a worker's memory."""
     max_file_bytes: int = Field(default=1_000_000, ge=1)
     """Skip files larger than this: generated code and embedded data teach nothing."""
     follow_outside_links: bool = False
@@ -103,12 +115,6 @@ def default_roots() -> list[str]:
     roots = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     roots.update(p for p in site.getsitepackages() if os.path.isdir(p))
     return sorted(roots)
-
-
-def _spread_order(relpath: str) -> str:
-    # Order files by a hash of their path so that a max_files limit samples every package
-    # instead of the alphabetically first ones.
-    return hashlib.sha256(relpath.encode()).hexdigest()
 
 
 def _inside(path: str, real_roots: list[str]) -> bool:
@@ -158,7 +164,8 @@ def list_python_files(
                     skipped[f"skipped_{problem}"] += 1
                     continue
                 rel = os.path.relpath(path, root)
-                rows.append((_spread_order(rel), root, rel, found.st_size, found.st_mtime_ns))
+                # Spread order: a max_files limit then samples every package, not the first ones.
+                rows.append((path_hash(rel), root, rel, found.st_size, found.st_mtime_ns))
     rows.sort()
     table = pa.table(
         {
@@ -212,39 +219,65 @@ def resolve_hub_revision(name: str) -> str:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What a corpus source holds now: a file listing, or a Hub dataset at a revision."""
+    """What a corpus source holds now: a file listing cut into groups, or a Hub dataset at a
+    revision (one group: a stream has no files to cut)."""
 
-    listing: pa.Table | None = None
+    groups: list[pa.Table] = field(default_factory=list)
     hub_source: dict[str, str] | None = None
     skipped: dict[str, int] = field(default_factory=dict)
     """Files left out of the listing, by reason (``skipped_*``)."""
 
     @cached_property
-    def listing_bytes(self) -> bytes:
-        """The listing as a Parquet file."""
-        buffer = io.BytesIO()
-        pq.write_table(self.listing, buffer)
-        return buffer.getvalue()
+    def group_index(self) -> list[dict[str, int | str]]:
+        """Each group's name, fingerprint, files and bytes, in order."""
+        if self.hub_source is not None:
+            blob = json.dumps(self.hub_source, sort_keys=True).encode()
+            return [{"name": HUB_GROUP, "fingerprint": hashlib.sha256(blob).hexdigest()[:20]}]
+        return [
+            {
+                "name": f"{index:05d}",
+                "fingerprint": table_fingerprint(group),
+                "files": group.num_rows,
+                "bytes": int(pc.sum(group["size"]).as_py() or 0),
+            }
+            for index, group in enumerate(self.groups)
+        ]
 
     def fingerprint(self) -> str:
         """A hash of the snapshot, so the stage key changes when the corpus does."""
-        if self.hub_source is not None:
-            blob = json.dumps(self.hub_source, sort_keys=True).encode()
-        else:
-            blob = self.listing_bytes
+        blob = json.dumps([g["fingerprint"] for g in self.group_index]).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def write(self, writer: StageWriter) -> dict[str, int | str]:
         """Write the snapshot as the stage's parts and return its counts."""
+        writer.write_json(GROUPS_PART, self.group_index)
         if self.hub_source is not None:
             writer.write_json(SOURCE_PART, self.hub_source)
-            return {"source": "hub", "revision": self.hub_source["rev"]}
-        writer.write_bytes(LISTING_PART, self.listing_bytes)
+            return {"source": "hub", "revision": self.hub_source["rev"], "groups": 1}
+        for entry, group in zip(self.group_index, self.groups, strict=True):
+            buffer = io.BytesIO()
+            pq.write_table(group, buffer)
+            writer.write_bytes(group_part(str(entry["name"])), buffer.getvalue())
         return {
-            "files": self.listing.num_rows,
-            "bytes": int(pc.sum(self.listing["size"]).as_py() or 0),
+            "files": sum(g.num_rows for g in self.groups),
+            "bytes": sum(int(g["bytes"]) for g in self.group_index),
+            "groups": len(self.groups),
             **self.skipped,
         }
+
+
+def group_part(name: str) -> str:
+    """The part that holds one group's listing."""
+    return f"groups/{name}.parquet"
+
+
+def read_groups(store: Store, ref: StageRef) -> list[dict[str, int | str]]:
+    """The groups of a committed corpus snapshot: name, fingerprint, files, bytes; checked."""
+    entries = json.loads(read_part(store, ref, GROUPS_PART))
+    names = [e.get("name") if isinstance(e, dict) else None for e in entries]
+    if not all(isinstance(n, str) and re.fullmatch(r"[0-9]{5}|hub", n) for n in names):
+        raise DamagedObjectError(f"{store.uri(ref.prefix)}/{GROUPS_PART} is not a group index")
+    return entries
 
 
 def list_package_archives(config: CorpusConfig, store: Store) -> pa.Table:
@@ -284,7 +317,7 @@ def take_snapshot(config: CorpusConfig, store: Store | None = None) -> Snapshot:
     if config.source == "packages":
         if store is None:
             raise ValueError("a packages corpus needs the store to keep its archives in")
-        return Snapshot(listing=list_package_archives(config, store))
+        return Snapshot(groups=one_per_row(list_package_archives(config, store)))
     if config.source == "hub":
         revision = resolve_hub_revision(config.hub_dataset)
         return Snapshot(
@@ -302,7 +335,11 @@ def take_snapshot(config: CorpusConfig, store: Store | None = None) -> Snapshot:
         where = f"no data file in {config.data_files}"
     if listing.num_rows == 0:
         raise CorpusError(f"the corpus is empty: {where}")
-    return Snapshot(listing=listing, skipped=dict(skipped))
+    if config.source == "data_files":
+        return Snapshot(groups=one_per_row(listing))
+    listing = limit_listing(listing, config.max_files, config.max_bytes)
+    groups = cut_by_path(listing, config.group_files, config.group_max_bytes)
+    return Snapshot(groups=groups, skipped=dict(skipped))
 
 
 class ReadStats(Counter):
@@ -437,23 +474,39 @@ def _iter_hub(source: dict) -> Iterator[dict]:
     yield from stream
 
 
+def snapshot_config(store: Store, ref: StageRef, manifest=None) -> CorpusConfig:
+    """The settings a committed corpus snapshot was taken with (they decide how it is read)."""
+    manifest = manifest or read_manifest(store, ref)
+    try:
+        return CorpusConfig.model_validate(manifest.params["config"])
+    except (KeyError, ValueError) as err:
+        raise DamagedObjectError(
+            f"{store.uri(ref.prefix)} holds no valid corpus settings ({err}); delete it and rerun"
+        ) from None
+
+
 def iter_documents(
-    store: Store, ref: StageRef, stats: ReadStats, skip: int = 0
+    store: Store, ref: StageRef, stats: ReadStats, skip: int = 0, group: str | None = None
 ) -> Iterator[Document]:
-    """Stream the documents of a committed corpus snapshot, applying its read limits.
+    """Stream the documents of one group of a committed corpus snapshot (or, with no group,
+    of all its groups in order), applying its read limits.
 
     Skipped files are counted in ``stats`` (by reason), never raised. ``skip`` passes over the
     first source entries without reading them, to resume after ``stats["seen"]`` entries; the
     caller then hands in the stats it had at that point.
     """
     manifest = read_manifest(store, ref)
-    config = CorpusConfig.model_validate(manifest.params["config"])
+    config = snapshot_config(store, ref, manifest)
     if SOURCE_PART in manifest.parts:
         source = json.loads(read_part(store, ref, SOURCE_PART, manifest))
         records = (("hub", row, rec) for row, rec in enumerate(_iter_hub(source)))
         docs = _iter_records(records, config, stats, skip)
     else:
-        listing = pq.read_table(io.BytesIO(read_part(store, ref, LISTING_PART, manifest)))
+        names = [group] if group else [str(g["name"]) for g in read_groups(store, ref)]
+        listing = pa.concat_tables(
+            pq.read_table(io.BytesIO(read_part(store, ref, group_part(name), manifest)))
+            for name in names
+        )
         if "sha256" in listing.column_names:
             docs = _iter_package_files(store, listing, config, stats, skip)
         elif "url" in listing.column_names:
@@ -464,6 +517,8 @@ def iter_documents(
             )
             docs = _iter_records(records, config, stats, skip)
         else:
+            # The limits chose the listed files already (``take_snapshot``).
+            config = config.model_copy(update={"max_files": None, "max_bytes": None})
             docs = _iter_python_files(listing, config, stats, skip)
     if _limit_reached(config, stats):  # a resumed read that had already stopped
         return
@@ -481,7 +536,7 @@ def _limit_reached(config: CorpusConfig, stats: ReadStats) -> bool:
     return config.max_bytes is not None and stats["bytes_read"] >= config.max_bytes
 
 
-CORPUS = Stage("corpus", inputs=(), code=(sys.modules[__name__],))
+CORPUS = Stage("corpus", inputs=(), code=(sys.modules[__name__], tasks.groups))
 
 
 @CORPUS.task

@@ -1,30 +1,39 @@
-"""Stage 2: keep data-science files, drop exact duplicates, split train/validation.
+"""Stage 2: keep data-science files, split train/validation, index them for dedup.
 
-The keyword rule is the course's: keep a file if any keyword occurs anywhere in it. Duplicates
-are found by a hash of the content with whitespace normalised. The split is decided by a hash of
-each file's identity, so a file stays on the same side however the corpus is ordered or grown.
+It runs once per corpus group (``documents/{key}``, keyed on the group's fingerprint, so a group
+whose files did not change is not filtered again). The keyword rule is the course's: keep a file
+if any keyword occurs anywhere in it. The split is decided by a hash of each file's identity, so
+a file stays on the same side however the corpus is grouped or grown. Beside its documents each
+group writes an index of their exact digests and MinHash band keys; ``tasks.dedup`` joins the
+groups' indexes to find duplicates across the whole corpus.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import sys
 from collections.abc import Callable, Iterable
 from functools import partial
 
+import datasketch
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 import storage.shards
 import tasks.corpus
+import tasks.dedup
 from storage.shards import SPLITS, DocumentShardWriter
 from storage.stages import StageRef, StageWriter
-from storage.store import Store
-from tasks.common import Stage, stage_logger
-from tasks.corpus import CorpusError, Document, ReadStats, iter_documents
+from tasks.common import Stage, stage_logger, worker_store
+from tasks.corpus import Document, ReadStats, iter_documents, snapshot_config
+from tasks.dedup import MinHasher, band_column, index_schema
 from tasks.params import StageParams
 
 DEFAULT_KEYWORDS = ["pandas", "sklearn", "matplotlib", "seaborn"]
 PROGRESS_EVERY = 2_000  # files read between progress lines
+INDEX_DIR = "index"
 
 
 class FilterError(ValueError):
@@ -37,7 +46,12 @@ class FilterConfig(StageParams):
     keywords: list[str] = Field(default_factory=lambda: list(DEFAULT_KEYWORDS), min_length=1)
     """Keep a file if any of these strings occurs in it (the course's rule)."""
     deduplicate: bool = True
-    """Drop files whose whitespace-normalised content was already kept."""
+    """Drop files whose whitespace-normalised content equals a kept file's (whole corpus)."""
+    near_duplicate_threshold: float | None = Field(default=0.85, gt=0.0, lt=1.0)
+    """Drop files whose word sets are at least this similar (estimated Jaccard) to a kept
+    file's: MinHash with LSH, as the codeparrot data (0.85). Empty turns it off."""
+    minhash_permutations: int = Field(default=128, ge=16, le=1024)
+    """MinHash permutations: more estimate the similarity better and cost more."""
     valid_fraction: float = Field(default=0.02, gt=0.0, lt=1.0)
     """Share of files that go to the validation split."""
     split_seed: int = 0
@@ -167,26 +181,40 @@ def filter_documents(
     writer: StageWriter,
     progress: Callable[[dict[str, int]], None] | None = None,
 ) -> dict[str, int]:
-    """Filter, deduplicate and split the documents into train/valid shards; return the counts.
+    """Filter one group's documents, split them into train/valid shards and index them for
+    dedup; return the counts. An empty group is fine: the checks are on the whole corpus.
 
-    ``open_documents(stats, skip)`` streams the corpus from source entry ``skip`` on, counting
-    into ``stats``. Each time a shard fills, both splits are flushed and a progress record
-    commits them with the read position and the duplicate hashes, so an interrupted run resumes
-    there. Raises a clear error when the corpus is empty or nothing survives the filter.
+    ``open_documents(stats, skip)`` streams the group from source entry ``skip`` on, counting
+    into ``stats``. Each time a shard fills, both splits are flushed with their index rows, and
+    a progress record commits them with the read position, so an interrupted run resumes there.
     """
+    hasher = (
+        MinHasher(config.near_duplicate_threshold, config.minhash_permutations)
+        if config.near_duplicate_threshold is not None
+        else None
+    )
+    bands = hasher.shape[0] if hasher else 0
     shards = {split: DocumentShardWriter(writer, split, config.max_shard_bytes) for split in SPLITS}
     stats = ReadStats()
-    counts = {"kept": 0, "duplicates": 0, "no_keyword": 0, "bytes_kept": 0}
-    seen_hashes: set[bytes] = set()
-    for state in writer.resumed_states:
-        seen_hashes.update(bytes.fromhex(h) for h in state["hashes"])
+    counts = {"kept": 0, "no_keyword": 0, "bytes_kept": 0}
+    flushes = 0
     if writer.resumed_states:
         last = writer.resumed_states[-1]
         stats.update(last["read_stats"])
         counts.update(last["counts"])
+        flushes = last["flushes"]
         for split, (shard_count, documents) in last["shards"].items():
             shards[split].shards, shards[split].documents = shard_count, documents
-    new_hashes: list[bytes] = []
+    pending: list[dict] = []
+
+    def flush() -> None:
+        nonlocal flushes, pending
+        for shard in shards.values():
+            shard.flush()
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(pending, schema=index_schema(bands)), buffer)
+        writer.write_bytes(f"{INDEX_DIR}/{flushes:05d}.parquet", buffer.getvalue())
+        flushes, pending = flushes + 1, []
 
     for doc in open_documents(stats, stats["seen"]):
         if progress is not None and stats["read"] % PROGRESS_EVERY == 0:
@@ -201,78 +229,71 @@ def filter_documents(
         if not contains_any_keyword(doc.content, config.keywords):
             counts["no_keyword"] += 1
             continue
-        if config.deduplicate:
-            digest = content_hash(doc.content)
-            if digest in seen_hashes:
-                counts["duplicates"] += 1
-                continue
-            seen_hashes.add(digest)
-            new_hashes.append(digest)
         split = (
             "valid" if is_validation(doc.id, config.valid_fraction, config.split_seed) else "train"
         )
+        row = {
+            "split": split,
+            "position": shards[split].documents + len(shards[split].ids),
+            "id": doc.id,
+            "bytes": len(doc.content),
+            "exact": content_hash(doc.content),
+        }
+        keys = hasher.band_keys(doc.content) if hasher else None
+        row.update({band_column(b): keys[b] if keys else None for b in range(bands)})
+        pending.append(row)
         shards[split].add(doc.id, doc.content)
         counts["kept"] += 1
         counts["bytes_kept"] += len(doc.content)
         if shards[split].full:
-            for shard in shards.values():
-                shard.flush()
+            flush()
             writer.record_progress(
                 {
                     "read_stats": dict(stats),
                     "counts": counts,
                     "shards": {s: [w.shards, w.documents] for s, w in shards.items()},
-                    "hashes": [h.hex() for h in new_hashes],
+                    "flushes": flushes,
                 }
             )
-            new_hashes = []
-    for shard in shards.values():
-        shard.flush()
-
+    flush()
     counts.update(stats)
     for split in SPLITS:
         counts[f"{split}_documents"] = shards[split].documents
-        counts[f"{split}_shards"] = shards[split].shards
-    _check_counts(counts, stats, config)
     return counts
 
 
-def _check_counts(counts: dict[str, int], stats: ReadStats, config: FilterConfig) -> None:
-    if stats["read"] == 0:
-        skipped = {k: v for k, v in stats.items() if k.startswith("skipped")}
-        raise CorpusError(
-            f"the corpus is empty: {stats['seen']} files seen, none readable as UTF-8 text "
-            f"(skipped: {skipped}); point the corpus at Python source files"
-        )
-    if counts["kept"] == 0:
-        raise FilterError(
-            f"the keyword filter kept nothing: none of {stats['read']} files contains any of "
-            f"{config.keywords}; widen filter.keywords or use a corpus with data-science code"
-        )
-    for split in SPLITS:
-        if counts[f"{split}_documents"] == 0:
-            raise FilterError(
-                f"the {split} split is empty ({counts['kept']} files kept, "
-                f"valid_fraction={config.valid_fraction}); adjust filter.valid_fraction "
-                "or read more files (corpus.max_files)"
-            )
-
-
 FILTER = Stage(
-    "filter", inputs=("corpus",), code=(sys.modules[__name__], tasks.corpus, storage.shards)
+    "documents",
+    inputs=(),
+    code=(sys.modules[__name__], tasks.corpus, tasks.dedup, storage.shards),
+    libraries=(datasketch.__version__,),
+    sections=("filter",),
 )
 
 
 @FILTER.task
-def filter_by_keywords(corpus: StageRef, config: FilterConfig, store_url: str) -> StageRef:
-    """Stream the corpus, keep data-science files, deduplicate, split; write Parquet shards."""
+def filter_by_keywords(
+    corpus: StageRef, group: dict, config: FilterConfig, store_url: str
+) -> StageRef:
+    """Filter one group of the corpus: keep data-science files, split them, index them for
+    dedup; write Parquet shards to ``documents/{key}``."""
     log = stage_logger()
+    store = worker_store(store_url)
+    name = str(group["name"])
 
     def report(counts: dict[str, int]) -> None:
-        log.info("filter: %d files read, %d kept", counts["read"], counts["kept"])
+        log.info("filter group %s: %d files read, %d kept", name, counts["read"], counts["kept"])
 
     def build(writer: StageWriter) -> dict[str, int]:
-        documents = partial(iter_documents, Store(store_url), corpus)
+        documents = partial(iter_documents, store, corpus, group=name)
         return filter_documents(documents, config, writer, report)
 
-    return FILTER.run(store_url, FILTER.spec(config, {"corpus": corpus}), build, log)
+    spec = FILTER.spec(
+        {
+            "group": group["fingerprint"],
+            "corpus": snapshot_config(store, corpus).model_dump(mode="json"),
+            "filter": config.model_dump(mode="json"),
+        },
+        {},
+    )
+    return FILTER.run(store_url, spec, build, log)

@@ -1,11 +1,15 @@
 """Stage 4: tokenize the filtered documents into fixed-length rows in Arrow shards.
 
+It runs once per corpus group (``tokens/{key}``), keyed on the group's documents, the files that
+dedup drops from it, the tokenizer and the settings: a group whose documents and drops did not
+change is not tokenized again. ``tasks.joins`` lists the groups' shards as one output.
+
 Two chunking modes:
 
 - ``course``: the course's ``return_overflowing_tokens=True`` semantics. Each file is cut into
   consecutive ``context_length`` pieces and the short last piece is dropped.
 - ``packed``: files are joined with the end-of-text token and cut into rows; only the final
-  remainder of the whole split is dropped, so no code is thrown away.
+  remainder of each group's split is dropped, so almost no code is thrown away.
 """
 
 from __future__ import annotations
@@ -21,10 +25,16 @@ import tokenizers
 from pydantic import Field
 
 import storage.shards
-from storage.shards import SPLITS, TokenShardWriter, iter_shard_batches, token_dtype
+from storage.shards import (
+    SPLITS,
+    TokenShardWriter,
+    member_drops,
+    open_document_shard,
+    token_dtype,
+)
 from storage.stages import StageRef, StageSpec, StageWriter, part_names, read_manifest
 from storage.store import Store
-from tasks.common import Stage, stage_logger
+from tasks.common import Stage, stage_logger, worker_store
 from tasks.params import StageParams
 from tasks.tokenizer import load_stage_tokenizer, token_id_bound
 
@@ -125,9 +135,11 @@ def tokenize_documents(
     config: TokenizeConfig,
     writer: StageWriter,
     progress: Callable[[str, int, int], None] | None = None,
+    skip: dict[str, set[int]] | None = None,
 ) -> dict[str, int]:
     """Tokenize both splits of a filtered-documents output into token shards; return counts.
 
+    ``skip`` holds, per split, the positions of documents to leave out (dedup's drops).
     Document shard by document shard: after each one its token rows are flushed and a progress
     record commits them with the packer's carry, so an interrupted run resumes at the next one.
     """
@@ -155,34 +167,38 @@ def tokenize_documents(
         )
         packer = Packer(config.context_length, tokenizer.eos_token_id)
         split_counts = Counter({"documents": 0, "tokens": 0, "rows": 0})
+        position = 0
         if here:
             shards.shard_rows = list(here["shard_rows"])
             packer.carry = np.asarray(here["carry"], dtype=np.int64).reshape(-1)
             split_counts.update(here["split_counts"])
+            position = here["position"]
         split_progress = partial(progress, split) if progress else None
         for index in range(here["next_shard"] if here else 0, len(names)):
-            batches = iter_shard_batches(
-                store, documents, names[index], config.batch_size, manifest
+            rows, batches = open_document_shard(
+                store,
+                documents,
+                names[index],
+                config.batch_size,
+                manifest,
+                (skip or {}).get(split),
+                position,
             )
             tokenize_batches(
                 batches, tokenizer, config.mode, packer, shards, split_counts, split_progress
             )
+            position += rows
             shards.flush()
             writer.record_progress(
                 {
                     "split": split,
                     "next_shard": index + 1,
+                    "position": position,
                     "carry": packer.carry.tolist(),
                     "split_counts": dict(split_counts),
                     "shard_rows": shards.shard_rows,
                     "counts": counts,
                 }
-            )
-        if split_counts["rows"] == 0:
-            raise ValueError(
-                f"the {split} split yields no {config.context_length}-token row "
-                f"({split_counts['tokens']} tokens in {split_counts['documents']} files); "
-                "use tokenize.mode=packed, a shorter context_length, or a larger corpus"
             )
         split_counts["shards"] = len(shards.shard_rows)
         counts.update({f"{split}_{name}": value for name, value in split_counts.items()})
@@ -190,35 +206,47 @@ def tokenize_documents(
 
 
 TOKENIZE = Stage(
-    "tokenize",
+    "tokens",
     inputs=("documents", "tokenizer"),
     code=(sys.modules[__name__], storage.shards),
     libraries=(tokenizers.__version__,),
+    sections=("tokenize",),
 )
 
 
-def tokenize_spec(documents: StageRef, tokenizer: StageRef, config: TokenizeConfig) -> StageSpec:
-    """Where the token shards of these documents, tokenizer and config live."""
-    return TOKENIZE.spec(config, {"documents": documents, "tokenizer": tokenizer})
+def tokenize_spec(
+    documents: StageRef, tokenizer: StageRef, config: TokenizeConfig, drops: str | None = None
+) -> StageSpec:
+    """Where the token shards of these documents (less the drops whose list has this sha256),
+    tokenizer and config live."""
+    params = {"tokenize": config.model_dump(mode="json"), "drops": drops}
+    return TOKENIZE.spec(params, {"documents": documents, "tokenizer": tokenizer})
 
 
 @TOKENIZE.task
 def tokenize_to_shards(
-    documents: StageRef, tokenizer: StageRef, config: TokenizeConfig, store_url: str
+    documents: StageRef,
+    deduplicated: StageRef,
+    tokenizer: StageRef,
+    config: TokenizeConfig,
+    store_url: str,
 ) -> StageRef:
-    """Tokenize the filtered documents into fixed-length rows in Arrow shards."""
+    """Tokenize one group's documents, less the duplicates that ``deduplicated`` (the whole
+    corpus's dedup) drops from it, into fixed-length rows in Arrow shards."""
     log = stage_logger()
-    store = Store(store_url)
+    store = worker_store(store_url)
     every = max(1, 20_000 // config.batch_size)
     calls = {"n": 0}
+    drops_sha256, skip = member_drops(store, deduplicated, documents)
 
     def progress(split: str, docs: int, rows: int) -> None:
         calls["n"] += 1
         if calls["n"] % every == 0:
-            log.info("tokenize %s: %d files, %d rows", split, docs, rows)
+            log.info("tokenize %s %s: %d files, %d rows", documents.key, split, docs, rows)
 
     def build(writer: StageWriter) -> dict[str, int]:
         loaded = load_stage_tokenizer(store, tokenizer)
-        return tokenize_documents(store, documents, loaded, config, writer, progress)
+        return tokenize_documents(store, documents, loaded, config, writer, progress, skip)
 
-    return TOKENIZE.run(store_url, tokenize_spec(documents, tokenizer, config), build, log)
+    spec = tokenize_spec(documents, tokenizer, config, drops_sha256)
+    return TOKENIZE.run(store_url, spec, build, log)

@@ -54,8 +54,9 @@ class TokenizerConfig(StageParams):
     """Size of the trained vocabulary (the course used about 50k)."""
     min_frequency: int = Field(default=2, ge=1)
     """A merge must occur this often in the training text."""
-    max_training_bytes: int | None = Field(default=None, ge=1)
-    """Train on at most this many bytes of the training split; None uses all of it."""
+    max_training_bytes: int | None = Field(default=200_000_000, ge=1)
+    """Train on a sample of about this many bytes of the training split, the same files
+    whatever the grouping (chosen by a hash of their content); empty uses all of it."""
 
 
 def train_bpe_tokenizer(
@@ -86,6 +87,34 @@ def limit_bytes(batches: Iterator[list[str]], max_bytes: int | None) -> Iterator
         total += sum(len(text) for text in batch)
         if max_bytes is not None and total >= max_bytes:
             return
+
+
+def sample_batches(batches: Iterator[list[str]], fraction: float) -> Iterator[list[str]]:
+    """Keep each text when a hash of its content falls below ``fraction``: a sample that
+    depends on the texts alone, not on their order or on how the corpus was cut."""
+    if fraction >= 1.0:
+        yield from batches
+        return
+    bound = int(fraction * 2**64)
+    for batch in batches:
+        kept = [
+            text
+            for text in batch
+            if int.from_bytes(
+                hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+                "big",
+            )
+            < bound
+        ]
+        if kept:
+            yield kept
+
+
+def sample_fraction(train_bytes: int, max_bytes: int | None) -> float:
+    """The share of the training text to sample so that about ``max_bytes`` are kept."""
+    if max_bytes is None or train_bytes <= max_bytes:
+        return 1.0
+    return max_bytes / train_bytes
 
 
 def is_local_name(name: str) -> bool:
@@ -223,5 +252,8 @@ def train_tokenizer(documents: StageRef, config: TokenizerConfig, store_url: str
     # A loaded tokenizer does not depend on our documents; a trained one does.
     inputs = {} if config.pretrained else {"documents": documents}
     spec = TOKENIZER.spec(tokenizer_params(config), inputs)
-    texts = iter_document_batches(Store(store_url), documents, "train", 1000)  # read if built
+    fraction = sample_fraction(documents.counts.get("bytes_kept", 0), config.max_training_bytes)
+    texts = sample_batches(
+        iter_document_batches(Store(store_url), documents, "train", 1000), fraction
+    )
     return TOKENIZER.run(store_url, spec, partial(build_tokenizer, config, texts), stage_logger())

@@ -16,6 +16,7 @@ SNIPPETS = [
     "fig, ax = plt.subplots()\nax.plot({x}, {y}, color='red')\n",
 ]
 PLAIN = "def {name}(a, b):\n    return a + b\n\n\nclass {Name}:\n    value = {n}\n"
+SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "ta", "vo", "zi", "pe", "shu", "dra", "gen"]
 NAMES = ["sales", "price", "age", "height", "score", "income", "x_train", "y_test", "temp"]
 
 
@@ -24,7 +25,10 @@ def make_text(rng: random.Random, lines: int, data_science: bool = True) -> str:
     if not data_science:
         name = rng.choice(NAMES)
         return PLAIN.format(name=name, Name=name.title(), n=rng.randint(0, 99))
-    parts = []
+    # A comment of made-up words, different in every file: without it the files' word sets are
+    # nearly the same, and near-duplicate removal rightly keeps only a few of them.
+    words = ("".join(rng.choices(SYLLABLES, k=3)) for _ in range(16))
+    parts = [f"# notes: {' '.join(words)}\n"]
     for _ in range(lines):
         parts.append(
             rng.choice(SNIPPETS).format(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import random
+
 import pytest
 
-from storage.stages import StageWriter
+from storage.shards import iter_document_batches
+from storage.stages import StageSpec, StageWriter, run_stage
 from tasks.corpus import CorpusError, Document
 from tasks.filtering import (
     FilterConfig,
@@ -14,6 +18,7 @@ from tasks.filtering import (
     filter_documents,
     is_validation,
 )
+from tasks.joins import deduplicate
 
 
 def test_keyword_rule_is_any_substring():
@@ -40,14 +45,32 @@ def test_split_is_deterministic_and_near_the_fraction():
     assert first != [is_validation(i, 0.1, seed=1) for i in ids]
 
 
-def _run(store, docs, config):
+def _filter_group(store, docs, config, name="g"):
     def counted(stats, skip):
         for doc in docs[skip:]:
             stats["seen"] += 1
             stats["read"] += 1
             yield doc
 
-    return filter_documents(counted, config, StageWriter(store, "documents", "k"))
+    spec = StageSpec.of("documents", {"group": name, **config.model_dump()}, {}, "t")
+    return run_stage(store, spec, lambda w: filter_documents(counted, config, w), LOG)
+
+
+def _dedup(store, groups, config):
+    spec = StageSpec.of(
+        "filter", {"groups": [g.key for g in groups], **config.model_dump()}, {}, "t"
+    )
+    return run_stage(store, spec, lambda w: deduplicate(store, groups, config, w), LOG)
+
+
+def _run(store, docs, config, groups=1):
+    """Filter the documents cut into ``groups`` groups, then dedup across them: the counts."""
+    size = -(-len(docs) // groups) or 1
+    refs = [
+        _filter_group(store, docs[i : i + size], config, f"g{i}")
+        for i in range(0, max(len(docs), 1), size)
+    ]
+    return _dedup(store, refs, config).counts
 
 
 def test_filter_counts_keeps_and_deduplicates(store):
@@ -61,6 +84,62 @@ def test_filter_counts_keeps_and_deduplicates(store):
     assert counts["no_keyword"] == 1
     assert counts["train_documents"] + counts["valid_documents"] == 40
     assert counts["valid_documents"] > 0
+
+
+def test_duplicates_are_found_across_groups_and_the_result_does_not_depend_on_the_cut(tmp_path):
+    from storage.store import Store
+
+    rng = random.Random(0)
+    vocabulary = [f"name_{i}" for i in range(400)]
+    originals = [
+        Document(f"pkg/f{i:02d}.py", "import pandas as pd\n" + " ".join(rng.sample(vocabulary, 60)))
+        for i in range(30)
+    ]
+    # In other groups: an exact copy (but for whitespace) and a near copy (2 of 61 words
+    # changed) of f00, and a near copy of f01.
+    planted = [
+        Document("zz/copy.py", originals[0].content.replace(" ", "  ")),
+        Document("zz/near0.py", originals[0].content.replace("name_", "nom_", 2)),
+        Document("zz/near1.py", originals[1].content + " extra_word"),
+    ]
+    config = FilterConfig(valid_fraction=0.25)
+    texts = None
+    for groups in (1, 3, 7):
+        store = Store(str(tmp_path / f"store-{groups}"))
+        counts = _run(store, originals + planted, config, groups)
+        assert counts["duplicates"] == 1 and counts["near_duplicates"] == 2
+        assert counts["kept"] == 30 and counts["groups"] == groups
+        union = _dedup_ref(store)
+        kept = [
+            t
+            for split in ("train", "valid")
+            for b in iter_document_batches(store, union, split)
+            for t in b
+        ]
+        assert sorted(kept) == sorted(d.content for d in originals)  # smaller ids are kept
+        texts = texts or kept
+        assert kept == texts  # the same documents in the same order, however cut
+
+
+def _dedup_ref(store):
+    from storage.stages import committed_ref, load_manifest
+
+    (key,) = [p.name for p in store.local_file("filter").iterdir()]
+    return committed_ref(load_manifest(store, "filter", key))
+
+
+def test_near_duplicate_removal_can_be_turned_off(store):
+    words = " ".join(f"w{j}" for j in range(40))
+    near = [Document(f"n{i}.py", f"import pandas as pd\n{words} v{i}") for i in range(8)]
+    unique = [
+        Document(f"u{i}.py", "import pandas as pd\n" + " ".join(f"u{i}_{j}" for j in range(40)))
+        for i in range(12)
+    ]
+    counts = _run(store, near + unique, FilterConfig(valid_fraction=0.25))
+    assert counts["near_duplicates"] == 7 and counts["kept"] == 13
+    off = FilterConfig(valid_fraction=0.25, near_duplicate_threshold=None)
+    counts = _run(store, near + unique, off)
+    assert counts["near_duplicates"] == 0 and counts["kept"] == 20
 
 
 def test_empty_corpus_is_a_clear_error(store):
@@ -85,9 +164,11 @@ def test_empty_keyword_is_rejected():
         FilterConfig(keywords=["pandas", ""])
 
 
+LOG = logging.getLogger("tests")
+
+
 def _filter(store, documents, copies=20, **settings):
     """Filter ``copies`` of each (id, content), each copy under its own folder."""
-    from storage.stages import StageWriter
     from tasks.corpus import Document
     from tasks.filtering import FilterConfig, filter_documents
 

@@ -1,0 +1,152 @@
+"""The data stages as one flow: the per-group filter and tokenize tasks run on Dask.
+
+By default a local Dask cluster (one worker process per core) runs them; given the address of
+an existing scheduler (``tcp://host:port``), that cluster does, and the same code scales from a
+laptop to many machines. Workers reach the store, not each other: a task's arguments and result
+are references, and each worker reads and writes the groups it was given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
+from pydantic import BaseModel
+
+from storage.stages import StageRef
+from storage.store import Store
+from tasks.corpus import CorpusConfig, read_groups, stream_corpus
+from tasks.filtering import FilterConfig, filter_by_keywords
+from tasks.joins import deduplicate_groups, join_token_groups
+from tasks.tokenize import TokenizeConfig, tokenize_to_shards
+from tasks.tokenizer import TokenizerConfig, train_tokenizer
+
+DASK_ADDRESS_ENV = "CODEPARROT_DASK_ADDRESS"
+DASK_WORKERS_ENV = "CODEPARROT_DASK_WORKERS"
+# Run the group tasks in the flow's own process (Prefect's thread pool), without Dask.
+NO_DASK = "none"
+
+
+class DaskSettingError(ValueError):
+    """A Dask address or worker count that cannot be used."""
+
+
+def resolve_dask_address(address: str | None, environ: Mapping[str, str]) -> tuple[str, str]:
+    """Where the group tasks run: a scheduler address, ``local`` or ``none``; and why."""
+    if address:
+        chosen, source = address, "the run's dask_address"
+    elif environ.get(DASK_ADDRESS_ENV):
+        chosen, source = environ[DASK_ADDRESS_ENV], f"${DASK_ADDRESS_ENV}"
+    else:
+        return "local", "the default"
+    chosen = chosen.strip()
+    if chosen not in ("local", NO_DASK) and not chosen.startswith(("tcp://", "tls://")):
+        raise DaskSettingError(
+            f"dask address {chosen!r} (from {source}) is not tcp://host:port, tls://host:port, "
+            f"local or {NO_DASK}; give the scheduler's address as `dask scheduler` prints it"
+        )
+    return chosen, source
+
+
+def local_workers(environ: Mapping[str, str]) -> int:
+    """Worker processes of the local cluster: ``$CODEPARROT_DASK_WORKERS``, else one per core."""
+    text = environ.get(DASK_WORKERS_ENV, "")
+    if not text:
+        return os.cpu_count() or 1
+    if not text.isdigit() or not 1 <= int(text) <= 1024:
+        raise DaskSettingError(f"${DASK_WORKERS_ENV}={text!r} is not a number of workers (1-1024)")
+    return int(text)
+
+
+def data_task_runner(address: str, environ: Mapping[str, str]):
+    """The task runner for the group tasks, and a line that says where they run."""
+    if address == NO_DASK:
+        return ThreadPoolTaskRunner(), "in this process (no Dask)"
+    if address != "local":
+        return DaskTaskRunner(address=address), f"on the Dask cluster at {address}"
+    from prefect.settings import get_current_settings
+
+    workers = local_workers(environ)
+    # The workers report to this run's Prefect API, also when it is a temporary server that
+    # only this process's settings (not its environment) know of.
+    env = get_current_settings().to_environment_variables(exclude_unset=True)
+    cluster = {
+        "n_workers": workers,
+        "threads_per_worker": 1,
+        "processes": True,
+        "host": "127.0.0.1",
+        "dashboard_address": None,
+        "env": {k: v for k, v in env.items() if k.startswith("PREFECT_")},
+    }
+    where = f"on a local Dask cluster of {workers} worker process(es)"
+    return DaskTaskRunner(cluster_kwargs=cluster), where
+
+
+class DataConfig(BaseModel):
+    """The settings of the data stages."""
+
+    corpus: CorpusConfig
+    filter: FilterConfig
+    tokenizer: TokenizerConfig
+    tokenize: TokenizeConfig
+
+
+def rebuilt(refs: list[StageRef]) -> int:
+    """How many of the groups' outputs this run built (the rest were found in the store)."""
+    return sum(not ref.reused for ref in refs)
+
+
+@flow(name="codeparrot-ds-data")
+def prepare_data(config: DataConfig, store_url: str) -> dict[str, Any]:
+    """Snapshot the corpus, filter and tokenize each of its groups, dedup across them, train
+    or load the tokenizer; return the references and how many groups were rebuilt."""
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    corpus = stream_corpus(config.corpus, store_url)
+    groups = read_groups(Store(store_url), corpus)
+    filtered = filter_by_keywords.map(
+        unmapped(corpus), groups, unmapped(config.filter), unmapped(store_url)
+    )
+    group_documents = [future.result() for future in filtered]
+    documents = deduplicate_groups(group_documents, config.filter, store_url)
+    tokenizer = train_tokenizer(documents, config.tokenizer, store_url)
+    tokenized = tokenize_to_shards.map(
+        group_documents,
+        unmapped(documents),
+        unmapped(tokenizer),
+        unmapped(config.tokenize),
+        unmapped(store_url),
+    )
+    group_tokens = [future.result() for future in tokenized]
+    tokens = join_token_groups(group_tokens, documents, tokenizer, config.tokenize, store_url)
+    get_run_logger().info(
+        "groups: %d; filtered in this run: %d; tokenized in this run: %d",
+        len(groups),
+        rebuilt(group_documents),
+        rebuilt(group_tokens),
+    )
+    return {
+        "corpus": corpus,
+        "documents": documents,
+        "tokenizer": tokenizer,
+        "tokens": tokens,
+        "groups": {
+            "groups": len(groups),
+            "filtered": rebuilt(group_documents),
+            "tokenized": rebuilt(group_tokens),
+        },
+    }
+
+
+def run_data_stages(
+    config: DataConfig, store_url: str, dask_address: str | None, environ: Mapping[str, str]
+) -> dict[str, Any]:
+    """Run the data flow on the task runner that the address (or environment) chooses."""
+    address, source = resolve_dask_address(dask_address, environ)
+    runner, where = data_task_runner(address, environ)
+    get_run_logger().info("data: the group tasks run %s (from %s)", where, source)
+    return prepare_data.with_options(task_runner=runner)(config, store_url)
