@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from storage.stages import StageRef
 from storage.store import Store
+from tasks.common import stage_logger
 from tasks.corpus import CorpusConfig, read_groups, stream_corpus
 from tasks.filtering import FilterConfig, filter_by_keywords
 from tasks.joins import deduplicate_groups, join_token_groups
@@ -148,5 +149,5 @@ def run_data_stages(
     """Run the data flow on the task runner that the address (or environment) chooses."""
     address, source = resolve_dask_address(dask_address, environ)
     runner, where = data_task_runner(address, environ)
-    get_run_logger().info("data: the group tasks run %s (from %s)", where, source)
+    stage_logger().info("data: the group tasks run %s (from %s)", where, source)
     return prepare_data.with_options(task_runner=runner)(config, store_url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 import subprocess
 import sys
 from pathlib import Path
@@ -41,10 +42,12 @@ def test_two_pipeline_runs_at_once_share_one_consistent_store(corpus_dir, tmp_pa
     assert len(models) == 1
 
     manifests = [f for f in store.list_files("") if f.endswith(MANIFEST_NAME)]
-    stages = [m.rsplit("/", 2)[0] for m in manifests]
-    assert len(stages) == len(set(stages)) == 7  # one output per stage, none built twice
+    per_stage = Counter(m.rsplit("/", 2)[0] for m in manifests)
+    groups = per_stage.pop("documents")  # one output per corpus group, and its tokens
+    assert groups >= 2 and per_stage.pop("tokens") == groups
+    assert set(per_stage.values()) == {1} and len(per_stage) == 7  # one output per stage
     report = verify_store(store)  # every part whole and the one its manifest names
-    assert report.outputs == 7 and report.damage == []
+    assert report.outputs == 7 + 2 * groups and report.damage == []
     for manifest in manifests:
         stage, key = manifest.removesuffix(f"/{MANIFEST_NAME}").rsplit("/", 1)
         parts = load_manifest(store, stage, key).parts

@@ -21,6 +21,7 @@ from tasks.publish import latest_model, published_folder
 pytestmark = pytest.mark.slow
 
 TINY = [
+    "corpus.group_files=40",
     "filter.valid_fraction=0.2",
     "tokenizer.vocab_size=400",
     "tokenize.mode=packed",

@@ -1,0 +1,218 @@
+"""The data stages on a real Dask cluster: a `dask scheduler` and two `dask worker` processes
+on 127.0.0.1, reporting to the session's Prefect server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from deployments.seaweedfs import HOST, free_ports
+from flows.data import DataConfig, run_data_stages
+from storage.shards import iter_document_batches, union_members
+from storage.stages import read_manifest
+from storage.store import Store
+from tasks.corpus import CorpusConfig
+from tasks.filtering import FilterConfig
+from tasks.tokenize import TokenizeConfig
+from tasks.tokenizer import TokenizerConfig
+from tests.corpus_maker import make_corpus
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+REPO = Path(__file__).resolve().parents[2]
+DASK = str(Path(sys.executable).parent / "dask")
+
+
+class Cluster:
+    """A scheduler and worker processes, each started as a user would start them."""
+
+    def __init__(self, logs: Path, workers: int = 2) -> None:
+        from prefect.settings import PREFECT_API_URL
+
+        port = free_ports(1)[0]
+        self.address = f"tcp://{HOST}:{port}"
+        env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+        self.logs = logs
+        logs.mkdir(parents=True, exist_ok=True)
+        self.processes = [
+            self._start(
+                "scheduler",
+                [DASK, "scheduler", "--host", HOST, "--port", str(port), "--no-dashboard"],
+                env,
+            )
+        ]
+        for n in range(workers):
+            command = [
+                DASK,
+                "worker",
+                self.address,
+                "--host",
+                HOST,
+                "--nthreads",
+                "1",
+                "--no-dashboard",
+                "--name",
+                f"w{n}",
+            ]
+            self.processes.append(self._start(f"worker-{n}", command, env))
+        self.client = self._connect(workers)
+
+    def _start(self, name: str, command: list[str], env: dict) -> subprocess.Popen:
+        log = open(self.logs / f"dask-{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def _connect(self, workers: int):
+        from distributed import Client
+
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                client = Client(self.address, timeout=5)
+                client.wait_for_workers(workers, timeout=60)
+                return client
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def worker_pids(self) -> dict[str, int]:
+        """Each worker's address and process id."""
+        return self.client.run(os.getpid)
+
+    def stop(self) -> None:
+        self.client.close()
+        for process in reversed(self.processes):
+            process.send_signal(signal.SIGINT)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture
+def cluster(prefect_server, tmp_path):
+    """A fresh Dask cluster for one test."""
+    found = Cluster(tmp_path / "logs")
+    yield found
+    found.stop()
+
+
+def data_config(root: Path, **filter_settings) -> DataConfig:
+    """Small groups of the generated corpus, a small tokenizer."""
+    return DataConfig(
+        corpus=CorpusConfig(roots=[str(root)], group_files=40),
+        filter=FilterConfig(valid_fraction=0.1, **filter_settings),
+        tokenizer=TokenizerConfig(vocab_size=400),
+        tokenize=TokenizeConfig(mode="packed", context_length=32),
+    )
+
+
+def output_digests(store: Store, ref) -> list[tuple[str, dict[str, str]]]:
+    """Every member of a union with the sha256 of each of its parts, in order, and the
+    union's own parts (member list, drop lists)."""
+    rows = [(ref.prefix, {n: p.sha256 for n, p in read_manifest(store, ref).parts.items()})]
+    for member in union_members(store, ref):
+        parts = read_manifest(store, member.ref).parts
+        rows.append((member.ref.prefix, {n: p.sha256 for n, p in parts.items()}))
+    return rows
+
+
+def plant_near_duplicates(root: Path) -> list[str]:
+    """Near copies (a word changed) of files, in packages far from theirs in path order:
+    another group. Returns the copies' contents."""
+    copies = []
+    for n, original in enumerate(sorted(root.glob("pkg0/*.py"))[:3]):
+        text = original.read_text().replace("notes:", "remarks:")
+        folder = root / "zzz_copies"
+        folder.mkdir(exist_ok=True)
+        (folder / f"copy_{n}.py").write_text(text)
+        copies.append(text)
+    return copies
+
+
+def test_a_cluster_run_gives_the_same_shards_as_a_run_without_dask(cluster, tmp_path):
+    root = make_corpus(tmp_path / "corpus", files=400, seed=3)
+    copies = plant_near_duplicates(root)
+    config = data_config(root)
+    on_cluster = run_data_stages(config, str(tmp_path / "a"), cluster.address, {})
+    without = run_data_stages(config, str(tmp_path / "b"), "none", {})
+    assert on_cluster["groups"]["groups"] >= 8
+    assert on_cluster["groups"]["filtered"] == on_cluster["groups"]["groups"]
+    for stage in ("documents", "tokens"):
+        a, b = on_cluster[stage], without[stage]
+        assert a.key == b.key
+        assert output_digests(Store(str(tmp_path / "a")), a) == output_digests(
+            Store(str(tmp_path / "b")), b
+        )
+    # the near copies sit in another group than their originals, and are dropped
+    documents, store = on_cluster["documents"], Store(str(tmp_path / "a"))
+    assert documents.counts["near_duplicates"] >= len(copies)
+    kept = {
+        t for s in ("train", "valid") for b in iter_document_batches(store, documents, s) for t in b
+    }
+    assert not kept & set(copies)
+    originals = {p.read_text() for p in sorted(root.glob("pkg0/*.py"))[:3]}
+    assert originals <= kept
+
+
+def test_adding_files_rebuilds_only_the_new_groups(cluster, tmp_path):
+    root = make_corpus(tmp_path / "corpus", files=400, seed=5)
+    store = str(tmp_path / "store")
+    trained = run_data_stages(data_config(root), store, cluster.address, {})
+    # The nightly deployment pins the tokenizer a run trained, so new files renumber nothing.
+    pinned = Store(store).uri(f"{trained['tokenizer'].prefix}/tokenizer")
+    config = data_config(root)
+    config.tokenizer = TokenizerConfig(pretrained=pinned)
+    before = run_data_stages(config, store, cluster.address, {})
+    make_corpus(root / "zz_new", files=20, seed=6, plain_files=1)  # 21 files: +5%
+    after = run_data_stages(config, store, cluster.address, {})
+
+    # The new files come last in path order: they join the old last group (which has no
+    # boundary after it) or start new ones; every other group is reused.
+    new_groups = after["groups"]["groups"] - before["groups"]["groups"]
+    assert 1 <= after["groups"]["filtered"] <= new_groups + 1
+    assert after["groups"]["groups"] - after["groups"]["filtered"] >= before["groups"]["groups"] - 1
+    assert after["groups"]["tokenized"] == after["groups"]["filtered"]
+    assert after["tokenizer"].key == before["tokenizer"].key
+    assert after["tokens"].counts["train_rows"] > before["tokens"].counts["train_rows"]
+
+
+def test_a_worker_killed_mid_task_is_survived(cluster, tmp_path):
+    import threading
+
+    root = make_corpus(tmp_path / "corpus", files=1500, seed=7)
+    config = data_config(root, max_shard_bytes=1024)  # a progress record every 1 KB kept
+    config.corpus = CorpusConfig(roots=[str(root)], group_files=1_000_000)  # one big group
+    store = Store(str(tmp_path / "store"))
+    killed: list[str] = []
+
+    def kill_the_busy_worker() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            if len(list(store.local_file("documents").glob("*/_progress/00002*.json"))):
+                busy = [w for w, keys in cluster.client.processing().items() if keys]
+                pids = cluster.worker_pids()
+                if busy:
+                    os.kill(pids[busy[0]], signal.SIGKILL)
+                    killed.append(busy[0])
+            time.sleep(0.05)
+
+    store.local_file("documents").mkdir(parents=True, exist_ok=True)
+    killer = threading.Thread(target=kill_the_busy_worker)
+    killer.start()
+    survived = run_data_stages(config, store.url, cluster.address, {})
+    killer.join()
+    assert killed, "no worker was busy filtering when the test looked"
+    reference = run_data_stages(config, str(tmp_path / "reference"), "none", {})
+    for stage in ("documents", "tokens"):
+        assert output_digests(store, survived[stage]) == output_digests(
+            Store(str(tmp_path / "reference")), reference[stage]
+        )
+    worker_logs = "".join(p.read_text() for p in cluster.logs.glob("dask-worker-*.log"))
+    assert "resuming after" in worker_logs  # the retry kept the committed progress
