@@ -13,11 +13,15 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from distributed.diagnostics.plugin import WorkerPlugin
 from prefect import flow, get_run_logger, unmapped
+from prefect.context import FlowRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 from pydantic import BaseModel
 
+from flows.config import ConfigError
+from flows.failures import install_one_line_failures
 from storage.stages import StageRef
 from storage.store import Store
 from tasks.common import stage_logger
@@ -33,7 +37,7 @@ DASK_WORKERS_ENV = "CODEPARROT_DASK_WORKERS"
 NO_DASK = "none"
 
 
-class DaskSettingError(ValueError):
+class DaskSettingError(ConfigError):
     """A Dask address or worker count that cannot be used."""
 
 
@@ -70,13 +74,20 @@ def data_task_runner(address: str, environ: Mapping[str, str]):
         return ThreadPoolTaskRunner(), "in this process (no Dask)"
     if address != "local":
         return DaskTaskRunner(address=address), f"on the Dask cluster at {address}"
+    workers = local_workers(environ)
+    where = f"on a local Dask cluster of {workers} worker process(es)"
+    return DaskTaskRunner(cluster_kwargs=local_cluster_settings(workers)), where
+
+
+def local_cluster_settings(workers: int) -> dict[str, Any]:
+    """``distributed.LocalCluster`` settings: worker processes of one thread each (the tasks
+    are CPU-bound Python), on 127.0.0.1, no dashboard."""
     from prefect.settings import get_current_settings
 
-    workers = local_workers(environ)
     # The workers report to this run's Prefect API, also when it is a temporary server that
     # only this process's settings (not its environment) know of.
     env = get_current_settings().to_environment_variables(exclude_unset=True)
-    cluster = {
+    return {
         "n_workers": workers,
         "threads_per_worker": 1,
         "processes": True,
@@ -84,8 +95,6 @@ def data_task_runner(address: str, environ: Mapping[str, str]):
         "dashboard_address": None,
         "env": {k: v for k, v in env.items() if k.startswith("PREFECT_")},
     }
-    where = f"on a local Dask cluster of {workers} worker process(es)"
-    return DaskTaskRunner(cluster_kwargs=cluster), where
 
 
 class DataConfig(BaseModel):
@@ -95,6 +104,23 @@ class DataConfig(BaseModel):
     filter: FilterConfig
     tokenizer: TokenizerConfig
     tokenize: TokenizeConfig
+
+
+class OneLineFailuresOnWorkers(WorkerPlugin):
+    """Gives each Dask worker (also one that joins or restarts later) the flows' one-line
+    failures, so a group task's clear error is one line in its log there too."""
+
+    def setup(self, worker) -> None:
+        """Install the log filter in the worker's process."""
+        install_one_line_failures()
+
+
+def prepare_workers() -> None:
+    """Register the worker plugin with this flow run's Dask cluster, if it runs on one."""
+    context = FlowRunContext.get()
+    runner = context.task_runner if context else None
+    if isinstance(runner, DaskTaskRunner) and runner.client is not None:
+        runner.client.register_plugin(OneLineFailuresOnWorkers(), name="codeparrot-failures")
 
 
 def rebuilt(refs: list[StageRef]) -> int:
@@ -107,6 +133,7 @@ def prepare_data(config: DataConfig, store_url: str) -> dict[str, Any]:
     """Snapshot the corpus, filter and tokenize each of its groups, dedup across them, train
     or load the tokenizer; return the references and how many groups were rebuilt."""
     logging.getLogger("distributed").setLevel(logging.WARNING)
+    prepare_workers()
     corpus = stream_corpus(config.corpus, store_url)
     groups = read_groups(Store(store_url), corpus)
     filtered = filter_by_keywords.map(

@@ -13,7 +13,6 @@ import logging
 from collections import deque
 
 from flows.config import ConfigError
-from flows.data import DaskSettingError
 from storage.shards import TokenRangeError
 from storage.store import StoreError, StoreUnavailableError
 from tasks.corpus import CorpusError
@@ -30,7 +29,6 @@ from tasks.training.config import NeedsGpuError
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     CorpusError,
-    DaskSettingError,
     FilterError,
     ModelLoadError,
     NeedsGpuError,
@@ -60,14 +58,18 @@ def clear_line(error: BaseException) -> str:
 
 
 class OneLineFailures(logging.Filter):
-    """Rewrites engine error records of clear errors: the first as one line, the rest dropped;
-    each one's traceback is logged again at debug level."""
+    """Rewrites engine error records of clear errors: in each flow run's log the first as one
+    line, the rest dropped; each one's traceback is logged again at debug level.
+
+    A failure is recognised by its line, not by the exception object: a task that failed on
+    a Dask worker comes back to the flow as a copy.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        # The errors already shown (exceptions take no weak references; a few are enough,
-        # since the records of one failure come one after another).
-        self.reported: deque[BaseException] = deque(maxlen=16)
+        # The (flow run, line) pairs already shown; a few are enough, since the records of
+        # one failure come one after another.
+        self.reported: deque[tuple[str, str]] = deque(maxlen=16)
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Keep, rewrite or drop one record."""
@@ -76,10 +78,11 @@ class OneLineFailures(logging.Filter):
             return True
         logger = logging.getLogger(record.name)
         logger.debug("traceback of: %s", record.getMessage(), exc_info=record.exc_info)
-        if any(seen is error for seen in self.reported):
+        shown = (str(getattr(record, "flow_run_id", "")), clear_line(error))
+        if shown in self.reported:
             return False
-        self.reported.append(error)
-        record.msg, record.args = clear_line(error), ()
+        self.reported.append(shown)
+        record.msg, record.args = shown[1], ()
         record.exc_info, record.exc_text = None, None
         return True
 

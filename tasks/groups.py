@@ -37,14 +37,17 @@ def limit_listing(listing: pa.Table, max_files: int | None, max_bytes: int | Non
 
 def cut_by_path(listing: pa.Table, group_files: int, group_max_bytes: int) -> list[pa.Table]:
     """Python files in (root, path) order, cut where a path hashes to a boundary (one file in
-    ``group_files`` on average) or where a group reaches ``group_max_bytes``."""
+    ``group_files`` on average), where a group reaches ``group_max_bytes``, and after each
+    root's last file (so a root that is added or removed changes no other root's groups)."""
     order = pc.sort_indices(listing, [("root", "ascending"), ("path", "ascending")])
     ordered = listing.take(order)
     groups, start, size = [], 0, 0
     sizes = ordered["size"].to_pylist()
+    roots = ordered["root"].to_pylist()
     for row, path in enumerate(ordered["path"].to_pylist()):
         size += sizes[row]
-        if path_hash(path) % group_files == 0 or size >= group_max_bytes:
+        last_of_root = row + 1 == len(roots) or roots[row + 1] != roots[row]
+        if path_hash(path) % group_files == 0 or size >= group_max_bytes or last_of_root:
             groups.append(ordered.slice(start, row + 1 - start))
             start, size = row + 1, 0
     if start < ordered.num_rows:

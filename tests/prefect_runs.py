@@ -13,8 +13,10 @@ from prefect.client.schemas.filters import (
     FlowRunFilterParentFlowRunId,
     LogFilter,
     LogFilterFlowRunId,
+    TaskRunFilter,
+    TaskRunFilterFlowRunId,
 )
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, TaskRun
 
 
 def wait_for_run(
@@ -39,9 +41,25 @@ def run_logs(client: SyncPrefectClient, run_id: UUID) -> list[str]:
 
 
 def child_runs(client: SyncPrefectClient, run_id: UUID) -> list[FlowRun]:
-    """The flow runs started from a run (the training run of a pipeline run)."""
+    """The flow runs that a run started on a deployment (the training run of a pipeline run),
+    not its subflows that ran in its own process (the data stages)."""
+    return [run for run in all_child_runs(client, run_id) if run.deployment_id is not None]
+
+
+def all_child_runs(client: SyncPrefectClient, run_id: UUID) -> list[FlowRun]:
+    """Every flow run started from a run: on deployments, and its subflows."""
     return client.read_flow_runs(
         flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])
         )
     )
+
+
+def task_runs_within(client: SyncPrefectClient, run_id: UUID) -> list[TaskRun]:
+    """The task runs of a run and of its subflows (the data stages' tasks)."""
+    runs = [run_id, *(child.id for child in all_child_runs(client, run_id))]
+    found, page = [], 200  # the API's largest page
+    flows = TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=runs))
+    while batch := client.read_task_runs(task_run_filter=flows, limit=page, offset=len(found)):
+        found += batch
+    return found

@@ -13,8 +13,6 @@ from prefect.client.schemas.filters import (
     ArtifactFilterKey,
     FlowRunFilter,
     FlowRunFilterId,
-    TaskRunFilter,
-    TaskRunFilterFlowRunId,
 )
 
 from deployments.seaweedfs import HOST, free_ports
@@ -38,7 +36,7 @@ from flows.artifacts import (
 from tasks.progress import PROGRESS_KEY
 from tasks.training_run import training_request
 from tests.flows.test_pipeline import _config
-from tests.prefect_runs import child_runs, run_logs, wait_for_run
+from tests.prefect_runs import child_runs, run_logs, task_runs_within, wait_for_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -87,15 +85,15 @@ def test_pipeline_deployment_runs_on_workers_and_reports_to_the_ui(stack, corpus
     run = wait_for_run(client, run_id, root, RUN_TIMEOUT)
     assert run.state.is_completed(), run.state.message
 
-    task_runs = client.read_task_runs(
-        task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id]))
-    )
+    task_runs = task_runs_within(client, run_id)  # the data stages run as a subflow
     names = {t.name.rsplit("-", 1)[0] for t in task_runs}
     assert {
         "stream-corpus",
         "filter-by-keywords",
+        "deduplicate-groups",
         "train-tokenizer",
         "tokenize-to-shards",
+        "join-token-groups",
         "train-model-on-deployment",
         "evaluate-perplexity",
         "publish-model",
@@ -196,9 +194,7 @@ def test_a_failed_stage_is_shown_with_what_to_do(stack, tmp_path):
     run_id = _start(client, "codeparrot-ds-pipeline/on-demand", parameters)
     run = wait_for_run(client, run_id, root, RUN_TIMEOUT)
     assert run.state.is_failed()
-    task_runs = client.read_task_runs(
-        task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id]))
-    )
+    task_runs = task_runs_within(client, run_id)
     [failed] = [t for t in task_runs if t.state.is_failed()]
     assert failed.name.startswith("stream-corpus")
     logs = run_logs(client, run_id)
