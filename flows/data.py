@@ -37,6 +37,15 @@ DASK_WORKERS_ENV = "CODEPARROT_DASK_WORKERS"
 NO_DASK = "none"
 
 
+# One worker per core: a task must not also spread over every core (the tokenizers library
+# encodes a batch on all of them by default), or the workers only slow each other down.
+ONE_CORE_PER_WORKER = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAYON_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+}
+
+
 class DaskSettingError(ConfigError):
     """A Dask address or worker count that cannot be used."""
 
@@ -93,7 +102,10 @@ def local_cluster_settings(workers: int) -> dict[str, Any]:
         "processes": True,
         "host": "127.0.0.1",
         "dashboard_address": None,
-        "env": {k: v for k, v in env.items() if k.startswith("PREFECT_")},
+        "env": {
+            **{k: v for k, v in env.items() if k.startswith("PREFECT_")},
+            **ONE_CORE_PER_WORKER,
+        },
     }
 
 

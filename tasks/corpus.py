@@ -90,7 +90,7 @@ class CorpusConfig(StageParams):
     first ones in a hash order of their paths. Data files, archives and the Hub: per group."""
     max_bytes: int | None = Field(default=None, ge=1)
     """Read at most this many bytes of code, counted as max_files is; None reads all."""
-    group_files: int = Field(default=400, ge=1)
+    group_files: int = Field(default=1_000, ge=1)
     """Local Python files per group on average: a group is filtered and tokenized as one task
     and rebuilt only when one of its files changes. Data files and archives are a group each."""
     group_max_bytes: int = Field(default=32 << 20, ge=1 << 10)
@@ -100,6 +100,20 @@ class CorpusConfig(StageParams):
     """Skip files larger than this: generated code and embedded data teach nothing."""
     follow_outside_links: bool = False
     """Read files that are symbolic links to places outside every root (skipped when off)."""
+
+
+# What decides how a listed group is read, beside the group's own rows: a group's filter output
+# is keyed on these and not on the whole config, so adding a root (which changes ``roots``)
+# does not rebuild the groups of the roots that were there before.
+READ_SETTINGS = ("source", "max_file_bytes", "follow_outside_links", "member_patterns")
+
+
+def read_settings(config: CorpusConfig) -> dict:
+    """The settings that decide what a group of the corpus yields, given its rows."""
+    settings = config.model_dump(mode="json", include=set(READ_SETTINGS))
+    if config.source != "python_files":  # there, the limits chose the rows already
+        settings.update(max_files=config.max_files, max_bytes=config.max_bytes)
+    return settings
 
 
 @dataclass(frozen=True)

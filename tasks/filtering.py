@@ -27,7 +27,7 @@ import tasks.dedup
 from storage.shards import SPLITS, DocumentShardWriter
 from storage.stages import StageRef, StageWriter
 from tasks.common import Stage, stage_logger, worker_store
-from tasks.corpus import Document, ReadStats, iter_documents, snapshot_config
+from tasks.corpus import Document, ReadStats, iter_documents, read_settings, snapshot_config
 from tasks.dedup import MinHasher, band_column, index_schema
 from tasks.params import StageParams
 
@@ -291,7 +291,7 @@ def filter_by_keywords(
     spec = FILTER.spec(
         {
             "group": group["fingerprint"],
-            "corpus": snapshot_config(store, corpus).model_dump(mode="json"),
+            "corpus": read_settings(snapshot_config(store, corpus)),
             "filter": config.model_dump(mode="json"),
         },
         {},

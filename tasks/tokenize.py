@@ -36,7 +36,7 @@ from storage.stages import StageRef, StageSpec, StageWriter, part_names, read_ma
 from storage.store import Store
 from tasks.common import Stage, stage_logger, worker_store
 from tasks.params import StageParams
-from tasks.tokenizer import load_stage_tokenizer, token_id_bound
+from tasks.tokenizer import shared_stage_tokenizer, token_id_bound
 
 
 class TokenizeConfig(StageParams):
@@ -245,7 +245,7 @@ def tokenize_to_shards(
             log.info("tokenize %s %s: %d files, %d rows", documents.key, split, docs, rows)
 
     def build(writer: StageWriter) -> dict[str, int]:
-        loaded = load_stage_tokenizer(store, tokenizer)
+        loaded = shared_stage_tokenizer(store, tokenizer)
         return tokenize_documents(store, documents, loaded, config, writer, progress, skip)
 
     spec = tokenize_spec(documents, tokenizer, config, drops_sha256)

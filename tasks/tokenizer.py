@@ -6,6 +6,7 @@ The result is a folder that ``AutoTokenizer.from_pretrained(folder)`` loads, wit
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sys
@@ -222,6 +223,18 @@ def build_tokenizer(
 def load_stage_tokenizer(store: Store, ref: StageRef):
     """Load the tokenizer that a committed tokenizer stage holds."""
     return AutoTokenizer.from_pretrained(str(tokenizer_folder(store, ref)))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_tokenizer(store_url: str, prefix: str):
+    stage, key = prefix.split("/")
+    return load_stage_tokenizer(Store(store_url), StageRef(stage=stage, key=key))
+
+
+def shared_stage_tokenizer(store: Store, ref: StageRef):
+    """The tokenizer of a committed tokenizer stage, loaded once per process: a worker that
+    tokenizes many groups loads it once. Read-only use only (it is shared)."""
+    return _cached_tokenizer(store.url, ref.prefix)
 
 
 def tokenizer_folder(store: Store, ref: StageRef) -> Path:
