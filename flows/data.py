@@ -10,25 +10,27 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 from prefect import flow, get_run_logger, unmapped
 from prefect.context import FlowRunContext
+from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 from pydantic import BaseModel
 
 from flows.config import ConfigError
 from flows.failures import install_one_line_failures
-from storage.stages import StageRef
+from storage.shards import drop_digests
+from storage.stages import StageRef, StageSpec, find_committed
 from storage.store import Store
 from tasks.common import stage_logger
 from tasks.corpus import CorpusConfig, read_groups, stream_corpus
-from tasks.filtering import FilterConfig, filter_by_keywords
+from tasks.filtering import FilterConfig, filter_by_keywords, filter_spec
 from tasks.joins import deduplicate_groups, join_token_groups
-from tasks.tokenize import TokenizeConfig, tokenize_to_shards
+from tasks.tokenize import TokenizeConfig, tokenize_spec, tokenize_to_shards
 from tasks.tokenizer import TokenizerConfig, train_tokenizer
 
 DASK_ADDRESS_ENV = "CODEPARROT_DASK_ADDRESS"
@@ -135,6 +137,22 @@ def prepare_workers() -> None:
         runner.client.register_plugin(OneLineFailuresOnWorkers(), name="codeparrot-failures")
 
 
+def build_missing(
+    store: Store,
+    specs: list[StageSpec],
+    submit: Callable[[list[int]], list[PrefectFuture]],
+) -> list[StageRef]:
+    """The committed output of each spec, in order: those found in the store at once, the rest
+    from the tasks that ``submit`` maps over their indexes. A group that did not change costs
+    no task run: a nightly run submits only the new and changed groups."""
+    log = get_run_logger()
+    found = [find_committed(store, spec, log) for spec in specs]
+    todo = [i for i, ref in enumerate(found) if ref is None]
+    for index, future in zip(todo, submit(todo) if todo else [], strict=True):
+        found[index] = future.result()
+    return found
+
+
 def rebuilt(refs: list[StageRef]) -> int:
     """How many of the groups' outputs this run built (the rest were found in the store)."""
     return sum(not ref.reused for ref in refs)
@@ -146,22 +164,36 @@ def prepare_data(config: DataConfig, store_url: str) -> dict[str, Any]:
     or load the tokenizer; return the references and how many groups were rebuilt."""
     logging.getLogger("distributed").setLevel(logging.WARNING)
     prepare_workers()
+    store = Store(store_url)
     corpus = stream_corpus(config.corpus, store_url)
-    groups = read_groups(Store(store_url), corpus)
-    filtered = filter_by_keywords.map(
-        unmapped(corpus), groups, unmapped(config.filter), unmapped(store_url)
+    groups = read_groups(store, corpus)
+    group_documents = build_missing(
+        store,
+        [filter_spec(store, corpus, group, config.filter) for group in groups],
+        lambda todo: filter_by_keywords.map(
+            unmapped(corpus),
+            [groups[i] for i in todo],
+            unmapped(config.filter),
+            unmapped(store_url),
+        ),
     )
-    group_documents = [future.result() for future in filtered]
     documents = deduplicate_groups(group_documents, config.filter, store_url)
     tokenizer = train_tokenizer(documents, config.tokenizer, store_url)
-    tokenized = tokenize_to_shards.map(
-        group_documents,
-        unmapped(documents),
-        unmapped(tokenizer),
-        unmapped(config.tokenize),
-        unmapped(store_url),
+    drops = drop_digests(store, documents)
+    group_tokens = build_missing(
+        store,
+        [
+            tokenize_spec(group, tokenizer, config.tokenize, drops[group.prefix])
+            for group in group_documents
+        ],
+        lambda todo: tokenize_to_shards.map(
+            [group_documents[i] for i in todo],
+            unmapped(documents),
+            unmapped(tokenizer),
+            unmapped(config.tokenize),
+            unmapped(store_url),
+        ),
     )
-    group_tokens = [future.result() for future in tokenized]
     tokens = join_token_groups(group_tokens, documents, tokenizer, config.tokenize, store_url)
     get_run_logger().info(
         "groups: %d; filtered in this run: %d; tokenized in this run: %d",

@@ -174,16 +174,25 @@ def open_document_shard(
     return parquet.metadata.num_rows, batches()
 
 
+def drop_digests(store: Store, union: StageRef) -> dict[str, str | None]:
+    """Each member's prefix and the sha256 of its drop list (None: it drops nothing)."""
+    manifest = read_manifest(store, union)
+    return {
+        m.ref.prefix: manifest.parts[m.drops].sha256 if m.drops else None
+        for m in union_members(store, union, manifest)
+    }
+
+
 def member_drops(
     store: Store, union: StageRef, member: StageRef
 ) -> tuple[str | None, dict[str, set[int]]]:
     """What a union's member skips: the sha256 of its drop list (None: nothing) and, per split,
     the positions it lists."""
-    manifest = read_manifest(store, union)
-    for found in union_members(store, union, manifest):
+    for found in union_members(store, union):
         if found.ref.prefix == member.prefix:
-            digest = manifest.parts[found.drops].sha256 if found.drops else None
-            return digest, dropped_positions(store, union, found.drops)
+            return drop_digests(store, union)[member.prefix], dropped_positions(
+                store, union, found.drops
+            )
     raise StoreError(f"{store.uri(union.prefix)} has no member {member.prefix}; rerun the pipeline")
 
 

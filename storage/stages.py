@@ -340,6 +340,13 @@ def _found_manifest(store: Store, spec: StageSpec, log: Log) -> Manifest | None:
     return None
 
 
+def find_committed(store: Store, spec: StageSpec, log: Log) -> StageRef | None:
+    """The committed output of ``spec`` (marked reused), or None if it must be built; a
+    damaged output is uncommitted, as ``run_stage`` does, so that it is built again."""
+    manifest = _found_manifest(store, spec, log)
+    return committed_ref(manifest, reused=True) if manifest else None
+
+
 def run_stage(
     store: Store,
     spec: StageSpec,

@@ -25,7 +25,8 @@ import storage.shards
 import tasks.corpus
 import tasks.dedup
 from storage.shards import SPLITS, DocumentShardWriter
-from storage.stages import StageRef, StageWriter
+from storage.stages import StageRef, StageSpec, StageWriter
+from storage.store import Store
 from tasks.common import Stage, stage_logger, worker_store
 from tasks.corpus import Document, ReadStats, iter_documents, read_settings, snapshot_config
 from tasks.dedup import MinHasher, band_column, index_schema
@@ -271,6 +272,18 @@ FILTER = Stage(
 )
 
 
+def filter_spec(store: Store, corpus: StageRef, group: dict, config: FilterConfig) -> StageSpec:
+    """Where one group's filtered documents live: keyed on the group's rows (its fingerprint),
+    the corpus settings that decide how they are read and the filter's settings; not on the
+    snapshot as a whole, which changes whenever any group does."""
+    params = {
+        "group": group["fingerprint"],
+        "corpus": read_settings(snapshot_config(store, corpus)),
+        "filter": config.model_dump(mode="json"),
+    }
+    return FILTER.spec(params, {})
+
+
 @FILTER.task
 def filter_by_keywords(
     corpus: StageRef, group: dict, config: FilterConfig, store_url: str
@@ -288,12 +301,4 @@ def filter_by_keywords(
         documents = partial(iter_documents, store, corpus, group=name)
         return filter_documents(documents, config, writer, report)
 
-    spec = FILTER.spec(
-        {
-            "group": group["fingerprint"],
-            "corpus": read_settings(snapshot_config(store, corpus)),
-            "filter": config.model_dump(mode="json"),
-        },
-        {},
-    )
-    return FILTER.run(store_url, spec, build, log)
+    return FILTER.run(store_url, filter_spec(store, corpus, group, config), build, log)

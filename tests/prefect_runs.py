@@ -17,6 +17,7 @@ from prefect.client.schemas.filters import (
     TaskRunFilterFlowRunId,
 )
 from prefect.client.schemas.objects import FlowRun, TaskRun
+from prefect.client.schemas.sorting import LogSort
 
 
 def wait_for_run(
@@ -36,7 +37,12 @@ def wait_for_run(
 
 def run_logs(client: SyncPrefectClient, run_id: UUID) -> list[str]:
     """The messages of a run's log, oldest first."""
-    found = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    found, page = [], 200  # the API's largest page
+    logs = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
+    while batch := client.read_logs(
+        logs, limit=page, offset=len(found), sort=LogSort.TIMESTAMP_ASC
+    ):
+        found += batch
     return [log.message for log in found]
 
 

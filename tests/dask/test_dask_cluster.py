@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.sorting import FlowRunSort
 
 from deployments.seaweedfs import HOST, free_ports
 from flows.data import DataConfig, run_data_stages
@@ -22,6 +25,7 @@ from tasks.filtering import FilterConfig
 from tasks.tokenize import TokenizeConfig
 from tasks.tokenizer import TokenizerConfig
 from tests.corpus_maker import make_corpus
+from tests.prefect_runs import run_logs, task_runs_within
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 REPO = Path(__file__).resolve().parents[2]
@@ -141,6 +145,17 @@ def test_a_cluster_run_gives_the_same_shards_as_a_run_without_dask(cluster, tmp_
     copies = plant_near_duplicates(root)
     config = data_config(root)
     on_cluster = run_data_stages(config, str(tmp_path / "a"), cluster.address, {})
+    # The workers' task runs and their logs reached the Prefect server.
+    with get_client(sync_client=True) as client:
+        [data_run] = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["codeparrot-ds-data"])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )
+        names = [t.name.rsplit("-", 1)[0] for t in task_runs_within(client, data_run.id)]
+        logs = run_logs(client, data_run.id)
+    assert names.count("filter-by-keywords") == on_cluster["groups"]["groups"]
+    assert sum(m.startswith("documents: committed") for m in logs) == on_cluster["groups"]["groups"]
     without = run_data_stages(config, str(tmp_path / "b"), "none", {})
     assert on_cluster["groups"]["groups"] >= 8
     assert on_cluster["groups"]["filtered"] == on_cluster["groups"]["groups"]
