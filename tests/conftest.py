@@ -24,6 +24,15 @@ from tests.corpus_maker import make_corpus  # noqa: E402
 LOG = logging.getLogger("tests")
 
 
+@pytest.fixture(autouse=True)
+def group_tasks_in_process(request, monkeypatch):
+    """The pipeline and fault tests run the group tasks in the flow's process: a local Dask
+    cluster would add seconds to each of their many runs and test nothing they are about.
+    tests/dask, the bench, the deployments and the UI, and the first pipeline test, use Dask."""
+    if request.node.path.parent.name in ("flows", "faults"):
+        monkeypatch.setenv("CODEPARROT_DASK_ADDRESS", "none")
+
+
 @pytest.fixture
 def store(tmp_path) -> Store:
     """An empty local store."""

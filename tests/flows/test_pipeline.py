@@ -63,8 +63,12 @@ def any_store(request, tmp_path) -> Store:
     return Store(str(tmp_path / "store"))
 
 
-def test_pipeline_end_to_end_then_cached(prefect_server, corpus_dir, any_store, caplog):
+def test_pipeline_end_to_end_then_cached(
+    prefect_server, corpus_dir, any_store, caplog, monkeypatch
+):
     store = any_store
+    if store.is_local:  # the default: the group tasks on a local Dask cluster
+        monkeypatch.delenv("CODEPARROT_DASK_ADDRESS")
     with caplog.at_level(logging.INFO):
         result = codeparrot_pipeline(
             preset="custom", config=_config(corpus_dir), store_url=store.url
