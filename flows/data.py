@@ -27,7 +27,13 @@ from storage.shards import drop_digests
 from storage.stages import StageRef, StageSpec, find_committed
 from storage.store import Store
 from tasks.common import stage_logger
-from tasks.corpus import CorpusConfig, read_groups, stream_corpus
+from tasks.corpus import (
+    CorpusConfig,
+    read_groups,
+    read_settings,
+    snapshot_config,
+    stream_corpus,
+)
 from tasks.filtering import FilterConfig, filter_by_keywords, filter_spec
 from tasks.joins import deduplicate_groups, join_token_groups
 from tasks.tokenize import TokenizeConfig, tokenize_spec, tokenize_to_shards
@@ -167,9 +173,10 @@ def prepare_data(config: DataConfig, store_url: str) -> dict[str, Any]:
     store = Store(store_url)
     corpus = stream_corpus(config.corpus, store_url)
     groups = read_groups(store, corpus)
+    settings = read_settings(snapshot_config(store, corpus))
     group_documents = build_missing(
         store,
-        [filter_spec(store, corpus, group, config.filter) for group in groups],
+        [filter_spec(settings, group, config.filter) for group in groups],
         lambda todo: filter_by_keywords.map(
             unmapped(corpus),
             [groups[i] for i in todo],

@@ -26,7 +26,6 @@ import tasks.corpus
 import tasks.dedup
 from storage.shards import SPLITS, DocumentShardWriter
 from storage.stages import StageRef, StageSpec, StageWriter
-from storage.store import Store
 from tasks.common import Stage, stage_logger, worker_store
 from tasks.corpus import Document, ReadStats, iter_documents, read_settings, snapshot_config
 from tasks.dedup import MinHasher, band_column, index_schema
@@ -272,13 +271,13 @@ FILTER = Stage(
 )
 
 
-def filter_spec(store: Store, corpus: StageRef, group: dict, config: FilterConfig) -> StageSpec:
+def filter_spec(corpus_settings: dict, group: dict, config: FilterConfig) -> StageSpec:
     """Where one group's filtered documents live: keyed on the group's rows (its fingerprint),
-    the corpus settings that decide how they are read and the filter's settings; not on the
-    snapshot as a whole, which changes whenever any group does."""
+    the corpus settings that decide how they are read (``tasks.corpus.read_settings``) and the
+    filter's settings; not on the snapshot as a whole, which changes whenever any group does."""
     params = {
         "group": group["fingerprint"],
-        "corpus": read_settings(snapshot_config(store, corpus)),
+        "corpus": corpus_settings,
         "filter": config.model_dump(mode="json"),
     }
     return FILTER.spec(params, {})
@@ -301,4 +300,5 @@ def filter_by_keywords(
         documents = partial(iter_documents, store, corpus, group=name)
         return filter_documents(documents, config, writer, report)
 
-    return FILTER.run(store_url, filter_spec(store, corpus, group, config), build, log)
+    settings = read_settings(snapshot_config(store, corpus))
+    return FILTER.run(store_url, filter_spec(settings, group, config), build, log)

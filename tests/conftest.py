@@ -28,7 +28,7 @@ LOG = logging.getLogger("tests")
 def group_tasks_in_process(request, monkeypatch):
     """The pipeline and fault tests run the group tasks in the flow's process: a local Dask
     cluster would add seconds to each of their many runs and test nothing they are about.
-    tests/dask, the bench, the deployments and the UI, and the first pipeline test, use Dask."""
+    tests/dask, the bench, the deployments and the first pipeline test use Dask."""
     if request.node.path.parent.name in ("flows", "faults"):
         monkeypatch.setenv("CODEPARROT_DASK_ADDRESS", "none")
 

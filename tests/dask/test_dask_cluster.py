@@ -201,7 +201,7 @@ def test_adding_files_rebuilds_only_the_new_groups(cluster, tmp_path):
 def test_a_worker_killed_mid_task_is_survived(cluster, tmp_path):
     import threading
 
-    root = make_corpus(tmp_path / "corpus", files=1500, seed=7)
+    root = make_corpus(tmp_path / "corpus", files=700, seed=7)
     config = data_config(root, max_shard_bytes=1024)  # a progress record every 1 KB kept
     config.corpus = CorpusConfig(roots=[str(root)], group_files=1_000_000)  # one big group
     store = Store(str(tmp_path / "store"))

@@ -48,7 +48,7 @@ def ui_stack(tmp_path_factory) -> Iterator[UiStack]:
 
     The package index is a closed port, so a ``ds`` run (the nightly's preset) stops at its
     corpus stage within seconds instead of reading the internet; the scheduler looks for due
-    schedules every 5 s instead of 60.
+    schedules every 5 s instead of 60, and the group tasks run without Dask.
     """
     root = tmp_path_factory.mktemp("ui-stack")
     corpus = make_corpus(root / "corpus", files=400)
@@ -58,6 +58,9 @@ def ui_stack(tmp_path_factory) -> Iterator[UiStack]:
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
         "CODEPARROT_CACHE_DIR": str(root / "cache"),
         "CODEPARROT_IO_RETRY_DELAYS": "1",
+        # The group tasks in the flow run's process: these tests are about the UI, and
+        # tests/dask and tests/integration run them on Dask clusters.
+        "CODEPARROT_DASK_ADDRESS": "none",
     }
     env = stack.up(port, root=root / "stack", settings=settings)
     try:
