@@ -132,11 +132,13 @@ def write_members(writer: StageWriter, members: list[Member]) -> None:
     )
 
 
-def dropped_positions(store: Store, union: StageRef, drops: str | None) -> dict[str, set[int]]:
+def dropped_positions(
+    store: Store, union: StageRef, drops: str | None, manifest: Manifest | None = None
+) -> dict[str, set[int]]:
     """The positions (within each split, in shard order) of the documents a member skips."""
     if drops is None:
         return {split: set() for split in SPLITS}
-    table = pq.read_table(io.BytesIO(read_part(store, union, drops)))
+    table = pq.read_table(io.BytesIO(read_part(store, union, drops, manifest)))
     found: dict[str, set[int]] = {split: set() for split in SPLITS}
     for split, position in zip(
         table["split"].to_pylist(), table["position"].to_pylist(), strict=True
@@ -188,19 +190,12 @@ def member_drops(
 ) -> tuple[str | None, dict[str, set[int]]]:
     """What a union's member skips: the sha256 of its drop list (None: nothing) and, per split,
     the positions it lists."""
-    for found in union_members(store, union):
+    manifest = read_manifest(store, union)
+    for found in union_members(store, union, manifest):
         if found.ref.prefix == member.prefix:
-            return drop_digests(store, union)[member.prefix], dropped_positions(
-                store, union, found.drops
-            )
+            digest = manifest.parts[found.drops].sha256 if found.drops else None
+            return digest, dropped_positions(store, union, found.drops, manifest)
     raise StoreError(f"{store.uri(union.prefix)} has no member {member.prefix}; rerun the pipeline")
-
-
-def iter_shard_batches(
-    store: Store, ref: StageRef, name: str, batch_size: int = 256, manifest: Manifest | None = None
-) -> Iterator[list[str]]:
-    """Yield the contents of one document shard in batches, after checking its checksum."""
-    yield from open_document_shard(store, ref, name, batch_size, manifest)[1]
 
 
 def iter_document_batches(
@@ -211,7 +206,7 @@ def iter_document_batches(
     manifest = read_manifest(store, ref)
     members = union_members(store, ref, manifest) or [Member(ref)]
     for member in members:
-        skip = dropped_positions(store, ref, member.drops)[split]
+        skip = dropped_positions(store, ref, member.drops, manifest)[split]
         member_manifest = manifest if member.ref == ref else read_manifest(store, member.ref)
         first = 0
         for name in part_names(member_manifest, split):

@@ -2,10 +2,10 @@
 with LSH, the codeparrot data's dedup at Jaccard 0.85).
 
 Each group's filter writes an index beside its documents: per kept file its identity, its exact
-digest and its LSH band keys (``index_columns``). The join here reads those indexes one column at
-a time (the digests, then band by band), links files that share a key, and keeps in each linked
-cluster the file with the smallest identity. It never reads code, and never holds more than the
-indexes' keys, so the corpus never has to fit in one process.
+digest and its LSH band keys (``index_schema``). The join reads each index once, links files
+that share a digest and then, band by band, files that share a band key, and keeps in each
+linked cluster the file with the smallest identity. It never reads code and holds only the
+indexes' keys (about 100 bytes a file), so the corpus never has to fit in one process.
 """
 
 from __future__ import annotations

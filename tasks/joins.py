@@ -59,19 +59,19 @@ def deduplicate(
 ) -> dict[str, Any]:
     """Find the duplicates across the groups from their indexes, write the member list with a
     drop list per group, and return the whole corpus's counts (after dedup)."""
-    base = [read_index(store, g, ["split", "position", "id", "bytes", "exact"]) for g in groups]
+    bands = 0
+    if config.near_duplicate_threshold is not None:
+        bands, _ = MinHasher(config.near_duplicate_threshold, config.minhash_permutations).shape
+    columns = ["split", "position", "id", "bytes", "exact", *map(band_column, range(bands))]
+    base = [read_index(store, g, columns) for g in groups]  # keys only, never code
     ids = [i for t in base for i in t["id"].to_pylist()]
     exact = [e for t in base for e in t["exact"].to_pylist()]
     linker = Linker(len(ids))
     if config.deduplicate:
         linker.link_equal(exact)
-    if config.near_duplicate_threshold is not None:
-        bands, _ = MinHasher(config.near_duplicate_threshold, config.minhash_permutations).shape
-        for band in range(bands):  # one band of every group at a time: keys, never code
-            column = band_column(band)
-            linker.link_equal(
-                key for g in groups for key in read_index(store, g, [column])[column].to_pylist()
-            )
+    for band in range(bands):
+        column = band_column(band)
+        linker.link_equal(key for t in base for key in t[column].to_pylist())
     drops = choose_drops(ids, exact, linker)
 
     counts = sum_counts(groups)
