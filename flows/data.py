@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -75,6 +76,21 @@ def resolve_dask_address(address: str | None, environ: Mapping[str, str]) -> tup
     return chosen, source
 
 
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail at once, in one line, when nothing answers at a scheduler's address (Dask itself
+    would wait 30 s and end in a traceback)."""
+    host, _, port = address.split("://", 1)[1].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as err:
+        raise DaskSettingError(
+            f"no Dask scheduler answers at {address} ({type(err).__name__}: {err}); start one "
+            f"(`dask scheduler`), fix dask_address or ${DASK_ADDRESS_ENV}, or use local or "
+            f"{NO_DASK}"
+        ) from None
+
+
 def local_workers(environ: Mapping[str, str]) -> int:
     """Worker processes of the local cluster: ``$CODEPARROT_DASK_WORKERS``, else one per core."""
     text = environ.get(DASK_WORKERS_ENV, "")
@@ -90,6 +106,7 @@ def data_task_runner(address: str, environ: Mapping[str, str]):
     if address == NO_DASK:
         return ThreadPoolTaskRunner(), "in this process (no Dask)"
     if address != "local":
+        check_reachable(address)
         return DaskTaskRunner(address=address), f"on the Dask cluster at {address}"
     workers = local_workers(environ)
     where = f"on a local Dask cluster of {workers} worker process(es)"

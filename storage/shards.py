@@ -117,8 +117,9 @@ def union_members(store: Store, ref: StageRef, manifest: Manifest | None = None)
                 raise ValueError(f"no part {drops!r}")
             members.append(Member(StageRef(stage=stage, key=key), drops))
     except (ValueError, KeyError, TypeError, AttributeError) as err:
+        problem = " ".join(str(err).split())[:200]  # one line, also for a validation error
         raise DamagedObjectError(
-            f"{store.uri(ref.prefix)}/{MEMBERS_PART} is not a member list ({err}); delete "
+            f"{store.uri(ref.prefix)}/{MEMBERS_PART} is not a member list ({problem}); delete "
             f"{store.uri(ref.prefix)} and rerun"
         ) from None
     return members

@@ -75,3 +75,12 @@ def test_the_dask_address_comes_from_the_run_then_the_environment():
     with pytest.raises(DaskSettingError, match="not a number of workers"):
         local_workers({"CODEPARROT_DASK_WORKERS": "-3"})
     assert local_workers({"CODEPARROT_DASK_WORKERS": "3"}) == 3
+
+
+def test_a_scheduler_that_does_not_answer_is_one_clear_line():
+    from deployments.seaweedfs import free_ports
+    from flows.data import check_reachable
+
+    address = f"tcp://127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
+    with pytest.raises(DaskSettingError, match=f"no Dask scheduler answers at {address}"):
+        check_reachable(address, timeout=2)
