@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from uuid import UUID
 
@@ -44,6 +45,17 @@ def run_logs(client: SyncPrefectClient, run_id: UUID) -> list[str]:
     ):
         found += batch
     return [log.message for log in found]
+
+
+def logs_once(
+    client: SyncPrefectClient, run_id: UUID, ready: Callable[[list[str]], bool], timeout: float = 60
+) -> list[str]:
+    """A run's log once ``ready`` holds for it: log lines are shipped to the server in batches,
+    so a run's last lines may arrive after it is Completed. The last read if it never holds."""
+    deadline = time.monotonic() + timeout
+    while not ready(logs := run_logs(client, run_id)) and time.monotonic() < deadline:
+        time.sleep(1)
+    return logs
 
 
 def child_runs(client: SyncPrefectClient, run_id: UUID) -> list[FlowRun]:

@@ -36,7 +36,7 @@ from flows.artifacts import (
 from tasks.progress import PROGRESS_KEY
 from tasks.training_run import training_request
 from tests.flows.test_pipeline import _config
-from tests.prefect_runs import child_runs, run_logs, task_runs_within, wait_for_run
+from tests.prefect_runs import child_runs, logs_once, run_logs, task_runs_within, wait_for_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -99,8 +99,9 @@ def test_pipeline_deployment_runs_on_workers_and_reports_to_the_ui(stack, corpus
         "publish-model",
     } <= names
     assert all(t.state.is_completed() for t in task_runs)
-    pipeline_logs = run_logs(client, run_id)
-    assert any("tokens:" in m or "committed" in m for m in pipeline_logs)
+    committed = lambda logs: any("tokens:" in m or "committed" in m for m in logs)  # noqa: E731
+    pipeline_logs = logs_once(client, run_id, committed)
+    assert committed(pipeline_logs), pipeline_logs[-20:]
     assert (
         "training runs on the deployment codeparrot-ds-train/gpu (from "
         "$CODEPARROT_TRAINING_DEPLOYMENT, the deployment's default route)"
