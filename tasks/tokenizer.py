@@ -14,17 +14,22 @@ import tempfile
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tokenizers
 from pydantic import Field
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from storage.shards import iter_document_batches
 from storage.stages import StageRef, StageWriter, part_folder
 from storage.store import Store, StoreError, fetch_folder, open_regular
 from tasks.common import Stage, stage_logger
 from tasks.params import StageParams
+
+# transformers (and torch, which it imports: about 1.3 s) is imported only where a tokenizer is
+# trained or loaded whole, so that a Dask worker that only tokenizes starts without it.
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 EOS_TOKEN = "<|endoftext|>"
 TOKENIZER_DIR = "tokenizer"
@@ -64,6 +69,8 @@ def train_bpe_tokenizer(
     texts: Iterator[list[str]], vocab_size: int, min_frequency: int
 ) -> PreTrainedTokenizerFast:
     """Train a GPT-2 style byte-level BPE tokenizer on batches of texts."""
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -182,6 +189,8 @@ def tokenizer_fingerprint(folder: Path) -> str:
 
 def load_pretrained_tokenizer(name: str):
     """Load a tokenizer from a local folder, a store/fsspec folder URL or a Hub name."""
+    from transformers import AutoTokenizer
+
     folder = resolve_pretrained(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
@@ -222,19 +231,59 @@ def build_tokenizer(
 
 def load_stage_tokenizer(store: Store, ref: StageRef):
     """Load the tokenizer that a committed tokenizer stage holds."""
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(str(tokenizer_folder(store, ref)))
 
 
+class EncodingTokenizer:
+    """What tokenizing needs of a stage's tokenizer (its Rust tokenizer, end-of-text id and
+    vocabulary), loaded with the tokenizers library alone; the same ids as
+    ``load_stage_tokenizer``'s. A Dask worker that tokenizes then starts without transformers
+    and torch."""
+
+    def __init__(self, folder: Path, eos_token_id: object) -> None:
+        path = folder / "tokenizer.json"
+        try:
+            self.backend_tokenizer = Tokenizer.from_file(str(path))
+        except Exception as err:  # the library raises its own error types for a bad file
+            raise TokenizerError(
+                f"{path} is not a tokenizer ({type(err).__name__}: {err}); delete the "
+                "tokenizer output and rerun"
+            ) from None
+        self.name_or_path = str(folder)
+        # The id was written by transformers when the stage was built: range-check it.
+        if (
+            not isinstance(eos_token_id, int)
+            or isinstance(eos_token_id, bool)
+            or self.backend_tokenizer.id_to_token(eos_token_id) is None
+        ):
+            raise TokenizerError(
+                f"the tokenizer in {folder} records end-of-text id {eos_token_id!r}, which is "
+                "not one of its tokens; delete the tokenizer output and rerun"
+            )
+        self.eos_token_id = eos_token_id
+
+    def __len__(self) -> int:
+        return self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def get_vocab(self) -> dict[str, int]:
+        """Token to id, added tokens included."""
+        return self.backend_tokenizer.get_vocab(with_added_tokens=True)
+
+
 @functools.lru_cache(maxsize=4)
-def _cached_tokenizer(store_url: str, prefix: str):
+def _cached_tokenizer(store_url: str, prefix: str, eos_token_id: object) -> EncodingTokenizer:
     stage, key = prefix.split("/")
-    return load_stage_tokenizer(Store(store_url), StageRef(stage=stage, key=key))
+    folder = tokenizer_folder(Store(store_url), StageRef(stage=stage, key=key))
+    return EncodingTokenizer(folder, eos_token_id)
 
 
-def shared_stage_tokenizer(store: Store, ref: StageRef):
-    """The tokenizer of a committed tokenizer stage, loaded once per process: a worker that
-    tokenizes many groups loads it once. Read-only use only (it is shared)."""
-    return _cached_tokenizer(store.url, ref.prefix)
+def shared_stage_tokenizer(store: Store, ref: StageRef) -> EncodingTokenizer:
+    """The encoding part of a committed tokenizer stage, loaded once per process: a worker
+    that tokenizes many groups loads it once. Read-only use only (it is shared)."""
+    eos = ref.counts.get("eos_token_id")
+    return _cached_tokenizer(store.url, ref.prefix, eos if type(eos) is int else repr(eos))
 
 
 def tokenizer_folder(store: Store, ref: StageRef) -> Path:

@@ -143,3 +143,31 @@ def test_an_id_that_does_not_fit_is_an_error_naming_the_tokenizer(store):
     with pytest.raises(TokenRangeError, match="tokenizer 'sparse' emitted token id 70,000"):
         shards.add(np.asarray([[70_000, 1, 2, 3]]))
     assert not writer.parts  # nothing written, nothing wrapped
+
+
+def test_the_workers_tokenizer_encodes_as_the_transformers_one(
+    tokenizer, tokenizer_ref, documents_ref, session_store
+):
+    """Tokenize tasks load the stage's tokenizer without transformers: same ids, same bound."""
+    from storage.shards import iter_document_batches
+    from tasks.tokenizer import shared_stage_tokenizer, token_id_bound
+
+    light = shared_stage_tokenizer(session_store, tokenizer_ref)
+    texts = [
+        t for batch in iter_document_batches(session_store, documents_ref, "train") for t in batch
+    ]
+    texts.append("import pandas as pd<|endoftext|>df = pd.DataFrame()")  # a special token inline
+    assert encode_batch(light, texts) == encode_batch(tokenizer, texts)
+    assert light.eos_token_id == tokenizer.eos_token_id
+    assert token_id_bound(light) == token_id_bound(tokenizer)
+
+
+@pytest.mark.parametrize("eos", [None, "0", [0], 10**9, True])
+def test_a_recorded_end_of_text_id_that_is_no_token_is_a_clear_error(
+    eos, tokenizer_ref, session_store
+):
+    from tasks.tokenizer import TokenizerError, shared_stage_tokenizer
+
+    ref = tokenizer_ref.model_copy(update={"counts": {**tokenizer_ref.counts, "eos_token_id": eos}})
+    with pytest.raises(TokenizerError, match="end-of-text id .* not one of its tokens; delete"):
+        shared_stage_tokenizer(session_store, ref)
