@@ -21,12 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import dask
 import psutil
 from distributed import Client, LocalCluster
 from prefect_dask import DaskTaskRunner
 
 from flows.cli import prefect_server
-from flows.data import DataConfig, local_cluster_settings, prepare_data
+from flows.data import SCHEDULER_CONFIG, DataConfig, local_cluster_settings, prepare_data
 from tasks.corpus import CorpusConfig, default_roots, list_python_files
 from tasks.filtering import FilterConfig
 from tasks.groups import path_hash
@@ -127,7 +128,11 @@ def orchestration_seconds() -> float:
 def run(config: DataConfig, store: str, workers: int) -> dict:
     """One data-flow run on a fresh local cluster: wall time, task seconds, worker peaks."""
     settings = local_cluster_settings(workers)
-    with LocalCluster(**settings) as cluster, Client(cluster) as client:
+    with (
+        dask.config.set(SCHEDULER_CONFIG),
+        LocalCluster(**settings) as cluster,
+        Client(cluster) as client,
+    ):
         started, cpu = time.perf_counter(), orchestration_seconds()
         state = prepare_data.with_options(
             task_runner=DaskTaskRunner(address=cluster.scheduler_address)

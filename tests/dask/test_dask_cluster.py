@@ -193,7 +193,8 @@ def test_adding_files_rebuilds_only_the_new_groups(cluster, tmp_path):
     new_groups = after["groups"]["groups"] - before["groups"]["groups"]
     assert 1 <= after["groups"]["filtered"] <= new_groups + 1
     assert after["groups"]["groups"] - after["groups"]["filtered"] >= before["groups"]["groups"] - 1
-    assert after["groups"]["tokenized"] == after["groups"]["filtered"]
+    # a group that kept no file has no tokenize task
+    assert 1 <= after["groups"]["tokenized"] <= after["groups"]["filtered"]
     assert after["tokenizer"].key == before["tokenizer"].key
     assert after["tokens"].counts["train_rows"] > before["tokens"].counts["train_rows"]
 
