@@ -35,7 +35,7 @@ from flows.artifacts import (
     SAMPLES_KEY,
 )
 from tasks.progress import PROGRESS_KEY
-from tests.prefect_runs import child_runs, run_logs, wait_for_run
+from tests.prefect_runs import child_runs, logs_once, run_logs, wait_for_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.ui]
 
@@ -160,7 +160,8 @@ def test_editing_the_nightly_time_in_the_ui_keeps_training_on_the_gpu_pool(page,
     assert nightly is not None, "the scheduler created no run at the edited time"
     assert nightly.auto_scheduled
     run = wait_for_run(ui_stack.client, nightly.id, ui_stack.root, RUN_TIMEOUT)
-    logs = run_logs(ui_stack.client, run.id)
+    # The failure's line is among the last shipped: it may reach the server after the state.
+    logs = logs_once(ui_stack.client, run.id, lambda ms: any(m.startswith("failed: ") for m in ms))
     # The route and the preset come from the deployment, whatever the schedule stored.
     print("the scheduled run's parameters:", run.parameters)
     assert ROUTE_LINE in logs
