@@ -256,6 +256,7 @@ class EncodingTokenizer:
         if (
             not isinstance(eos_token_id, int)
             or isinstance(eos_token_id, bool)
+            or not 0 <= eos_token_id < 1 << 32  # the library takes an unsigned 32-bit id
             or self.backend_tokenizer.id_to_token(eos_token_id) is None
         ):
             raise TokenizerError(

@@ -162,7 +162,7 @@ def test_the_workers_tokenizer_encodes_as_the_transformers_one(
     assert token_id_bound(light) == token_id_bound(tokenizer)
 
 
-@pytest.mark.parametrize("eos", [None, "0", [0], 10**9, True])
+@pytest.mark.parametrize("eos", [None, "0", [0], 10**9, -1, 1 << 40, True])
 def test_a_recorded_end_of_text_id_that_is_no_token_is_a_clear_error(
     eos, tokenizer_ref, session_store
 ):
