@@ -242,22 +242,15 @@ class EncodingTokenizer:
     ``load_stage_tokenizer``'s. A Dask worker that tokenizes then starts without transformers
     and torch."""
 
-    def __init__(self, folder: Path, eos_token_id: object) -> None:
-        path = folder / "tokenizer.json"
-        try:
-            self.backend_tokenizer = Tokenizer.from_file(str(path))
-        except Exception as err:  # the library raises its own error types for a bad file
-            raise TokenizerError(
-                f"{path} is not a tokenizer ({type(err).__name__}: {err}); delete the "
-                "tokenizer output and rerun"
-            ) from None
-        self.name_or_path = str(folder)
+    def __init__(self, backend: Tokenizer, folder: str, eos_token_id: object) -> None:
+        self.backend_tokenizer = backend
+        self.name_or_path = folder
         # The id was written by transformers when the stage was built: range-check it.
         if (
             not isinstance(eos_token_id, int)
             or isinstance(eos_token_id, bool)
             or not 0 <= eos_token_id < 1 << 32  # the library takes an unsigned 32-bit id
-            or self.backend_tokenizer.id_to_token(eos_token_id) is None
+            or backend.id_to_token(eos_token_id) is None
         ):
             raise TokenizerError(
                 f"the tokenizer in {folder} records end-of-text id {eos_token_id!r}, which is "
@@ -274,17 +267,24 @@ class EncodingTokenizer:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_tokenizer(store_url: str, prefix: str, eos_token_id: object) -> EncodingTokenizer:
+def _cached_backend(store_url: str, prefix: str) -> tuple[Tokenizer, str]:
     stage, key = prefix.split("/")
     folder = tokenizer_folder(Store(store_url), StageRef(stage=stage, key=key))
-    return EncodingTokenizer(folder, eos_token_id)
+    path = folder / "tokenizer.json"
+    try:
+        return Tokenizer.from_file(str(path)), str(folder)
+    except Exception as err:  # the library raises its own error types for a bad file
+        raise TokenizerError(
+            f"{path} is not a tokenizer ({type(err).__name__}: {err}); delete the tokenizer "
+            "output and rerun"
+        ) from None
 
 
 def shared_stage_tokenizer(store: Store, ref: StageRef) -> EncodingTokenizer:
-    """The encoding part of a committed tokenizer stage, loaded once per process: a worker
-    that tokenizes many groups loads it once. Read-only use only (it is shared)."""
-    eos = ref.counts.get("eos_token_id")
-    return _cached_tokenizer(store.url, ref.prefix, eos if type(eos) is int else repr(eos))
+    """The encoding part of a committed tokenizer stage; its file is loaded once per process,
+    so a worker that tokenizes many groups loads it once. Read-only use only (it is shared)."""
+    backend, folder = _cached_backend(store.url, ref.prefix)
+    return EncodingTokenizer(backend, folder, ref.counts.get("eos_token_id"))
 
 
 def tokenizer_folder(store: Store, ref: StageRef) -> Path:
