@@ -92,7 +92,9 @@ class Packer:
 
 
 def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of each whole text, without special tokens, using the Rust tokenizer directly."""
+    """Token ids of each whole text, without special tokens, using the Rust tokenizer directly
+    (its ``encode_batch_fast``: the same ids without the character offsets, which nothing here
+    reads and which cost about 40% of the encoding time)."""
     backend = tokenizer.backend_tokenizer
     # A tokenizer.json may carry truncation or padding, and a transformers call with
     # truncation=True leaves truncation switched on in the shared backend: either would
@@ -101,7 +103,7 @@ def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
         backend.no_truncation()
     if backend.padding is not None:
         backend.no_padding()
-    return [enc.ids for enc in backend.encode_batch(texts, add_special_tokens=False)]
+    return [enc.ids for enc in backend.encode_batch_fast(texts, add_special_tokens=False)]
 
 
 def tokenize_batches(

@@ -28,7 +28,7 @@ def _run_bench(script: str, *args: str, timeout: int = 600) -> str:
 
 def test_tokenize_throughput_bench_prints_ours_beside_raw_tokenizers():
     out = _run_bench("tokenize_throughput.py", "--megabytes", "0.2", "--vocab", "300")
-    assert "raw tokenizers encode_batch" in out
+    assert "raw tokenizers encode_batch " in out and "raw tokenizers encode_batch_fast" in out
     assert "ours, course mode + shards" in out and "ours, packed mode + shards" in out
 
 

@@ -158,6 +158,8 @@ def test_the_workers_tokenizer_encodes_as_the_transformers_one(
     ]
     texts.append("import pandas as pd<|endoftext|>df = pd.DataFrame()")  # a special token inline
     assert encode_batch(light, texts) == encode_batch(tokenizer, texts)
+    # and the same ids as transformers' own call (which computes the offsets we skip)
+    assert encode_batch(light, texts) == tokenizer(texts, add_special_tokens=False)["input_ids"]
     assert light.eos_token_id == tokenizer.eos_token_id
     assert token_id_bound(light) == token_id_bound(tokenizer)
 
