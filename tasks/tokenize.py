@@ -94,7 +94,7 @@ class Packer:
 def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of each whole text, without special tokens, using the Rust tokenizer directly
     (its ``encode_batch_fast``: the same ids without the character offsets, which nothing here
-    reads and which cost about 40% of the encoding time)."""
+    reads and which cost a quarter or more of the encoding time)."""
     backend = tokenizer.backend_tokenizer
     # A tokenizer.json may carry truncation or padding, and a transformers call with
     # truncation=True leaves truncation switched on in the shared backend: either would
