@@ -36,6 +36,8 @@ from tasks.tokenizer import TokenizerConfig
 
 COURSE_FILES = 606_720
 COURSE_TOKENS = 2.1e9
+# Tasks that run in the flow's own process (not mapped over groups).
+IN_FLOW_TASKS = ("stream-corpus", "deduplicate-groups", "train-tokenizer", "join-token-groups")
 NEW_SHARE = 0.05
 WORD = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)\b")
 
@@ -115,14 +117,12 @@ def kept_file_filter_seconds(store: str, documents, limit: int = 2000) -> float:
         return (time.perf_counter() - started) / len(docs)
 
 
-def orchestration_seconds() -> float:
-    """CPU seconds used so far by this process (the flow's engine, the Dask scheduler) and the
-    temporary Prefect server it started: what the workers share the cores with."""
+def orchestration_seconds() -> tuple[float, float]:
+    """CPU seconds used so far by this process (the flow's engine, the Dask scheduler) and by
+    the temporary Prefect server it started: what the workers share the cores with."""
     here = psutil.Process()
-    processes = [here] + [
-        p for p in here.children(recursive=True) if "prefect" in " ".join(p.cmdline())
-    ]
-    return sum(sum(p.cpu_times()[:2]) for p in processes)
+    server = [p for p in here.children(recursive=True) if "prefect" in " ".join(p.cmdline())]
+    return sum(here.cpu_times()[:2]), sum(sum(p.cpu_times()[:2]) for p in server)
 
 
 def run(config: DataConfig, store: str, workers: int) -> dict:
@@ -138,7 +138,7 @@ def run(config: DataConfig, store: str, workers: int) -> dict:
             task_runner=DaskTaskRunner(address=cluster.scheduler_address)
         )(config, store, return_state=True)
         wall = time.perf_counter() - started
-        orchestration = orchestration_seconds() - cpu
+        flow_cpu, server_cpu = (b - a for a, b in zip(cpu, orchestration_seconds(), strict=True))
         peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     result = state.result()
     task_times = task_seconds(state.state_details.flow_run_id)
@@ -152,7 +152,8 @@ def run(config: DataConfig, store: str, workers: int) -> dict:
         "result": result,
         "tasks": task_times,
         "peak_mib": [kib / 1024 for kib in peaks.values()],
-        "orchestration": orchestration,
+        "orchestration": flow_cpu + server_cpu,
+        "flow_cpu": flow_cpu,
     }
 
 
@@ -301,21 +302,40 @@ def main() -> None:
     per_kept = dedup_s / kept
     efficiency = one["wall"] / many["wall"] / args.workers
     serial = COURSE_FILES * per_kept  # the dedup join runs in the flow's process
-    work_s = COURSE_FILES * per_kept_file + COURSE_TOKENS * per_token
+    # The flow's process submits each group's task (Prefect serialises its context, Dask
+    # hashes and pickles it): the CPU it spent beyond its own tasks, per group task. Here it
+    # also hosts the Dask scheduler, so this is an upper bound.
+    groups = one["result"]["groups"]
+    in_flow = sum(one["tasks"].get(name, 0.0) for name in IN_FLOW_TASKS)
+    group_tasks = max(groups["filtered"] + groups["tokenized"], 1)
+    per_task = max(one["flow_cpu"] - in_flow, 0.0) / group_tasks
+    course_groups = -(-COURSE_FILES // args.group_files)
+    submit_s = course_groups * per_task
+    phases = (COURSE_FILES * per_kept_file, COURSE_TOKENS * per_token)
     print(
         f"\nper-file costs: {per_file * 1e3:.2f} ms to filter a file of this corpus "
         f"({kept:,} of {files:,} kept), {per_kept_file * 1e3:.2f} ms to filter a file that "
         f"is kept (read, MinHash, index, shard), {per_token * 1e6:.2f} us to tokenize a "
         f"token, {per_kept * 1e3:.3f} ms of dedup join per kept file; {args.workers}-worker "
-        f"efficiency {efficiency:.0%}"
+        f"efficiency {efficiency:.0%}; {per_task * 1e3:.0f} ms of the flow process's CPU to "
+        f"submit a group's task ({course_groups:,} groups of {args.group_files:,} files: "
+        f"{submit_s:.0f} s a phase)"
     )
     print(
         "projection to the course's corpus (606,720 files, 2.1B tokens; every file is "
-        "data-science code, so each is kept, indexed and tokenized; the join runs once):"
+        "data-science code, so each is kept, indexed and tokenized; the join runs once; a "
+        "phase ends no sooner than its last task is submitted):"
     )
     for name, workers in (("1 core", 1), ("16-core machine", 16), ("4 machines x 16 cores", 64)):
-        hours = (work_s / (workers * (efficiency if workers > 1 else 1)) + serial) / 3600
-        print(f"  {name:<24} {hours:6.2f} h")
+        share = workers * (efficiency if workers > 1 else 1)
+        seconds = sum(max(work / share, submit_s) for work in phases) + serial
+        bound = [
+            n
+            for n, work in zip(("filter", "tokenize"), phases, strict=True)
+            if work / share < submit_s
+        ]
+        note = f"  ({' and '.join(bound)} bound by submitting its tasks)" if bound else ""
+        print(f"  {name:<24} {seconds / 3600:6.2f} h{note}")
     if args.json:
         Path(args.json).write_text(
             json.dumps(

@@ -77,3 +77,4 @@ def test_data_stages_bench_prints_workers_rerun_memory_and_projection():
     assert "1 worker (baseline)" in out and "2 workers" in out
     assert "rerun after +5% files" in out and "of the first run's" in out
     assert "peak memory per worker" in out and "4 machines x 16 cores" in out
+    assert "to submit a group's task" in out
