@@ -28,11 +28,11 @@ from prefect_dask import DaskTaskRunner
 
 from flows.cli import prefect_server
 from flows.data import SCHEDULER_CONFIG, DataConfig, local_cluster_settings, prepare_data
-from tasks.corpus import CorpusConfig, default_roots, list_python_files
-from tasks.filtering import FilterConfig
-from tasks.groups import path_hash
-from tasks.tokenize import TokenizeConfig
-from tasks.tokenizer import TokenizerConfig
+from tasks.corpus.build import CorpusConfig, default_roots, list_python_files
+from tasks.corpus.groups import path_hash
+from tasks.filter.build import FilterConfig
+from tasks.tokenize.build import TokenizeConfig
+from tasks.tokenizer.build import TokenizerConfig
 
 COURSE_FILES = 606_720
 COURSE_TOKENS = 2.1e9
@@ -95,8 +95,8 @@ def kept_file_filter_seconds(store: str, documents, limit: int = 2000) -> float:
     from storage.shards import iter_document_batches
     from storage.stages import StageWriter
     from storage.store import Store
-    from tasks.corpus import Document
-    from tasks.filtering import filter_documents
+    from tasks.corpus.build import Document
+    from tasks.filter.build import filter_documents
 
     texts = []
     for batch in iter_document_batches(Store(store), documents, "train"):
@@ -113,7 +113,9 @@ def kept_file_filter_seconds(store: str, documents, limit: int = 2000) -> float:
 
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        filter_documents(stream, FilterConfig(), StageWriter(Store(folder), "documents", "0" * 20))
+        filter_documents(
+            stream, FilterConfig(), StageWriter(Store(folder), "filter/groups", "0" * 20)
+        )
         return (time.perf_counter() - started) / len(docs)
 
 
@@ -244,7 +246,7 @@ def main() -> None:
             median = ranked[len(ranked) // 2]
             one, many = pairs[median]
             per_kept_file = kept_file_filter_seconds(
-                str(work / f"one{median}"), one["result"]["documents"]
+                str(work / f"one{median}"), one["result"]["filter"]
             )
             quarter = run(
                 data_config(roots, pinned, int(megabytes * 1e6 / 4), args.group_files),
@@ -291,12 +293,12 @@ def main() -> None:
     )
 
     # Projection from the 1-worker run's per-task seconds.
-    counts = one["result"]["tokens"].counts
+    counts = one["result"]["tokenize"].counts
     tokenize_s = one["tasks"].get("tokenize-to-shards", 0.0)
     dedup_s = one["tasks"].get("deduplicate-groups", 0.0)
     files = one["result"]["corpus"].counts["files"]
     tokens = counts["train_tokens"] + counts["valid_tokens"]
-    kept = one["result"]["documents"].counts["kept"]
+    kept = one["result"]["filter"].counts["kept"]
     per_file = one["tasks"].get("filter-by-keywords", 0.0) / files
     per_token = tokenize_s / tokens
     per_kept = dedup_s / kept

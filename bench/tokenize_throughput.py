@@ -18,9 +18,9 @@ from collections import Counter
 from storage.shards import TokenShardWriter, token_dtype
 from storage.stages import StageWriter
 from storage.store import Store
-from tasks.corpus import decode_source, default_roots, list_python_files
-from tasks.tokenize import Packer, TokenizeConfig, tokenize_batches
-from tasks.tokenizer import token_id_bound, train_bpe_tokenizer
+from tasks.corpus.build import decode_source, default_roots, list_python_files
+from tasks.tokenize.build import Packer, TokenizeConfig, tokenize_batches
+from tasks.tokenizer.build import token_id_bound, train_bpe_tokenizer
 
 
 def read_texts(megabytes: float) -> list[str]:

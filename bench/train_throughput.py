@@ -36,13 +36,13 @@ from transformers import get_scheduler
 from flows.config import build_config
 from flows.presets import PRESETS
 from storage.store import Store
-from tasks.training.checkpoint import CheckpointStore
-from tasks.training.config import ModelConfig, TrainConfig
-from tasks.training.data import TokenRows
-from tasks.training.hooks import TrainHook
-from tasks.training.loop import make_accelerator, resolve_mixed_precision, train_model_loop
-from tasks.training.loss import course_weighted_loss
-from tasks.training.model import build_model, gpt2_config
+from tasks.train.checkpoint import CheckpointStore
+from tasks.train.config import ModelConfig, TrainConfig
+from tasks.train.data import TokenRows
+from tasks.train.hooks import TrainHook
+from tasks.train.loop import make_accelerator, resolve_mixed_precision, train_model_loop
+from tasks.train.loss import course_weighted_loss
+from tasks.train.model import build_model, gpt2_config
 
 KEYTOKEN_IDS = [11, 22, 33, 44]
 ROOT = Path(__file__).resolve().parents[1]

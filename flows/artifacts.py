@@ -27,7 +27,7 @@ from storage.store import (
     Store,
     normalize_store_url,
 )
-from tasks.training_run import HISTORY_PART
+from tasks.train.build import HISTORY_PART
 
 DATA_REPORT_KEY = "codeparrot-ds-data-report"
 LOSS_CURVE_KEY = "codeparrot-ds-loss-curve"
@@ -52,7 +52,7 @@ def publish_training_report(
     store: Store, sources: Mapping[str, StageRef], wall_seconds: float
 ) -> None:
     """The loss chart, the API-accuracy chart, the metrics table and the sample generations."""
-    history = json.loads(read_part(store, sources["training"], HISTORY_PART))
+    history = json.loads(read_part(store, sources["train"], HISTORY_PART))
     create_markdown_artifact(
         report.chart_markdown(
             "Loss by optimizer step", report.loss_curve_svg(history), report.loss_table(history)
@@ -77,7 +77,7 @@ def publish_training_report(
         "came from",
     )
     create_markdown_artifact(
-        report.samples_markdown(sources["evaluation"].counts["samples"]),
+        report.samples_markdown(sources["evaluate"].counts["samples"]),
         key=SAMPLES_KEY,
         description="Completions of the fixed prompts by the trained model",
     )

@@ -52,8 +52,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the whole pipeline and print where the model went and how good it is."""
     from flows.config import CUSTOM, build_config
     from flows.pipeline import codeparrot_pipeline
-    from tasks.completion_eval import first_code_line, percent
-    from tasks.humaneval import describe as describe_humaneval
+    from tasks.completions import first_code_line, percent
+    from tasks.evaluate.humaneval import describe as describe_humaneval
 
     config = build_config(args.preset, args.config, args.set or [])
     if args.print_config:
@@ -108,9 +108,9 @@ def resolve_model(model: str | None, store_url: str, name: str) -> str:
     A local-looking ``--model`` must be a model folder; it is never looked up on the Hub.
     """
     from storage.store import fetch_folder
-    from tasks.generation import ModelLoadError
-    from tasks.publish import latest_model, published_folder
-    from tasks.tokenizer import is_local_name
+    from tasks.evaluate.generation import ModelLoadError
+    from tasks.publish.build import latest_model, published_folder
+    from tasks.tokenizer.build import is_local_name
 
     if not model:
         store = _open_store(store_url)
@@ -124,7 +124,7 @@ def resolve_model(model: str | None, store_url: str, name: str) -> str:
             what = "does not exist" if not folder.exists() else "holds no model (no config.json)"
             raise ModelLoadError(
                 f"--model {model}: {what}; give the folder of a published model, e.g. "
-                "codeparrot-store/models/codeparrot-ds/<version>"
+                "codeparrot-store/publish/codeparrot-ds/<version>"
             )
         return str(folder)
     return model
@@ -132,7 +132,7 @@ def resolve_model(model: str | None, store_url: str, name: str) -> str:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Complete a prompt with a published model (the newest in the store unless --model)."""
-    from tasks.generation import complete, load_generator
+    from tasks.evaluate.generation import complete, load_generator
 
     model = resolve_model(args.model, args.store, args.name)
     prompt = args.prompt if args.prompt.endswith("\n") else args.prompt + "\n"

@@ -12,13 +12,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from flows.presets import PRESETS
-from tasks.corpus import CorpusConfig
-from tasks.evaluate import EvalConfig
-from tasks.filtering import FilterConfig
-from tasks.publish import PublishConfig
-from tasks.tokenize import TokenizeConfig
-from tasks.tokenizer import TokenizerConfig
-from tasks.training.config import ModelConfig, TrainConfig
+from tasks.corpus.build import CorpusConfig
+from tasks.evaluate.build import EvalConfig
+from tasks.filter.build import FilterConfig
+from tasks.publish.build import PublishConfig
+from tasks.tokenize.build import TokenizeConfig
+from tasks.tokenizer.build import TokenizerConfig
+from tasks.train.config import ModelConfig, TrainConfig
 
 __all__ = ["CUSTOM", "PRESETS", "ConfigError", "PipelineConfig", "build_config", "run_config"]
 

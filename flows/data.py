@@ -28,18 +28,15 @@ from flows.failures import install_one_line_failures
 from storage.shards import drop_digests
 from storage.stages import StageRef, StageSpec, find_committed
 from storage.store import Store
-from tasks.common import stage_logger
-from tasks.corpus import (
-    CorpusConfig,
-    read_groups,
-    read_settings,
-    snapshot_config,
-    stream_corpus,
-)
-from tasks.filtering import FilterConfig, filter_by_keywords, filter_spec
-from tasks.joins import deduplicate_groups, join_token_groups
-from tasks.tokenize import TokenizeConfig, tokenize_spec, tokenize_to_shards
-from tasks.tokenizer import TokenizerConfig, train_tokenizer
+from tasks.corpus.build import CorpusConfig, read_groups, read_settings, snapshot_config
+from tasks.corpus.task import stream_corpus
+from tasks.filter.build import FilterConfig, filter_spec
+from tasks.filter.task import deduplicate_groups, filter_group
+from tasks.running import stage_logger
+from tasks.tokenize.build import TokenizeConfig, tokenize_spec
+from tasks.tokenize.task import join_token_groups, tokenize_group
+from tasks.tokenizer.build import TokenizerConfig
+from tasks.tokenizer.task import train_tokenizer
 
 DASK_ADDRESS_ENV = "CODEPARROT_DASK_ADDRESS"
 DASK_WORKERS_ENV = "CODEPARROT_DASK_WORKERS"
@@ -209,7 +206,7 @@ def prepare_data(config: DataConfig, store_url: str) -> dict[str, Any]:
         store,
         [filter_spec(settings, group, config.filter) for group in groups],
         [group["bytes"] for group in groups],
-        lambda todo: filter_by_keywords.map(
+        lambda todo: filter_group.map(
             unmapped(corpus),
             [groups[i] for i in todo],
             unmapped(config.filter),
@@ -228,7 +225,7 @@ def prepare_data(config: DataConfig, store_url: str) -> dict[str, Any]:
             for group in with_files
         ],
         [group.counts.get("bytes_kept", 0) for group in with_files],
-        lambda todo: tokenize_to_shards.map(
+        lambda todo: tokenize_group.map(
             [with_files[i] for i in todo],
             unmapped(documents),
             unmapped(tokenizer),
@@ -245,9 +242,9 @@ def prepare_data(config: DataConfig, store_url: str) -> dict[str, Any]:
     )
     return {
         "corpus": corpus,
-        "documents": documents,
+        "filter": documents,
         "tokenizer": tokenizer,
-        "tokens": tokens,
+        "tokenize": tokens,
         "groups": {
             "groups": len(groups),
             "filtered": rebuilt(group_documents),

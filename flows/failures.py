@@ -15,15 +15,15 @@ from collections import deque
 from flows.config import ConfigError
 from storage.shards import TokenRangeError
 from storage.store import StoreError, StoreUnavailableError
-from tasks.corpus import CorpusError
-from tasks.filtering import FilterError
-from tasks.generation import ModelLoadError, PromptTooLongError
-from tasks.package_index import PackageIndexError
-from tasks.publish import ModelNotPromotedError
-from tasks.tokenizer import TokenizerError
-from tasks.train import TrainingRunError
-from tasks.train_launch import TrainingLaunchError
-from tasks.training.config import NeedsGpuError
+from tasks.corpus.build import CorpusError
+from tasks.corpus.package_index import PackageIndexError
+from tasks.evaluate.generation import ModelLoadError, PromptTooLongError
+from tasks.filter.build import FilterError
+from tasks.publish.build import ModelNotPromotedError
+from tasks.tokenizer.build import TokenizerError
+from tasks.train.config import NeedsGpuError
+from tasks.train.launch import TrainingLaunchError
+from tasks.train.task import TrainingRunError
 
 # Errors whose message says what was wrong and what to do: in the user's input or setup...
 USER_ERRORS: tuple[type[BaseException], ...] = (

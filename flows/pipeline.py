@@ -17,11 +17,12 @@ from flows.data import DataConfig, run_data_stages
 from flows.failures import install_one_line_failures
 from flows.routing import describe_route, resolve_training_route
 from storage.store import Store
-from tasks.common import open_run_store
-from tasks.evaluate import SCATTER_PROMPT, evaluate_perplexity
-from tasks.publish import publish_model
-from tasks.train import train_model, train_model_on_deployment
-from tasks.training.config import check_hardware
+from tasks.evaluate.build import SCATTER_PROMPT
+from tasks.evaluate.task import evaluate_perplexity
+from tasks.publish.task import publish_model
+from tasks.running import open_run_store
+from tasks.train.config import check_hardware
+from tasks.train.task import train_model, train_model_on_deployment
 
 PresetName = Literal[(*PRESETS, CUSTOM)]
 install_one_line_failures()
@@ -99,7 +100,7 @@ def codeparrot_pipeline(
         os.environ,
     )
     corpus, documents, tokenizer, tokens = (
-        data[name] for name in ("corpus", "documents", "tokenizer", "tokens")
+        data[name] for name in ("corpus", "filter", "tokenizer", "tokenize")
     )
     publish_data_report(corpus, documents, tokens, data["groups"])
     if route:
@@ -113,11 +114,11 @@ def codeparrot_pipeline(
     )
     sources = {
         "corpus": corpus,
-        "documents": documents,
+        "filter": documents,
         "tokenizer": tokenizer,
-        "tokens": tokens,
-        "training": training,
-        "evaluation": evaluation,
+        "tokenize": tokens,
+        "train": training,
+        "evaluate": evaluation,
     }
     # The reports are made whether or not the quality gate promotes the model.
     publishing = publish_model(sources, config.publish, store_url, return_state=True)

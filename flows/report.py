@@ -9,9 +9,9 @@ from html import escape
 from typing import Any
 
 from storage.stages import StageRef
-from tasks.completion_eval import percent
-from tasks.humaneval import describe as describe_humaneval
-from tasks.markdown import code_block, inline_text
+from tasks.completions import percent
+from tasks.evaluate.humaneval import describe as describe_humaneval
+from tasks.publish.markdown import code_block, inline_text
 
 
 def _number(value: Any) -> str:
@@ -97,9 +97,9 @@ def stage_origin(ref: StageRef) -> str:
 
 def metrics_rows(sources: Mapping[str, StageRef], wall_seconds: float) -> list[dict[str, str]]:
     """The run's headline figures, and where each stage's output came from, as table rows."""
-    training, evaluation = sources["training"].counts, sources["evaluation"].counts
+    training, evaluation = sources["train"].counts, sources["evaluate"].counts
     wall_label = "training wall time (s)"
-    if sources["training"].reused:
+    if sources["train"].reused:
         wall_label += ", in the run that built the model"
     rows = [
         ("final train loss", training.get("final_train_loss")),

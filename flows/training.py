@@ -6,9 +6,9 @@ from prefect import flow
 
 from flows.failures import install_one_line_failures
 from storage.stages import StageRef
-from tasks.common import open_run_store
-from tasks.train import train_model
-from tasks.training.config import ModelConfig, TrainConfig
+from tasks.running import open_run_store
+from tasks.train.config import ModelConfig, TrainConfig
+from tasks.train.task import train_model
 
 install_one_line_failures()
 

@@ -8,17 +8,15 @@ parts without a manifest are leftovers of an interrupted run and are never trust
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -40,7 +38,7 @@ PROGRESS_DIR = "_progress"
 CHECKPOINTS_DIR = "_checkpoints"
 LOCK_NAME = "_lock.json"
 KEY_LENGTH = 20
-# A stage is a folder name, or two (``models/codeparrot-ds``); a key is a hex content hash.
+# A stage is a folder name, or two (``publish/codeparrot-ds``); a key is a hex content hash.
 STAGE_PATTERN = r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)?$"
 KEY_PATTERN = rf"^[0-9a-f]{{{KEY_LENGTH}}}$"
 
@@ -110,19 +108,6 @@ class Manifest(BaseModel):
         for name in parts:
             check_part_name(name)
         return parts
-
-
-def code_version(modules: Iterable[ModuleType], *extra: str) -> str:
-    """A short hash of the source of the modules a stage runs, plus extra version strings.
-
-    Prefect's TASK_SOURCE would hash only the task function itself, not the helpers it calls.
-    """
-    digest = hashlib.sha256()
-    for module in modules:
-        digest.update(inspect.getsource(module).encode())
-    for item in extra:
-        digest.update(item.encode())
-    return digest.hexdigest()[:12]
 
 
 class CorruptPartError(StoreError):

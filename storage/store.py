@@ -71,6 +71,11 @@ def set_s3_credentials(credentials: dict[str, Any] | None) -> None:
     _s3_credentials = dict(credentials) if credentials else None
 
 
+def current_s3_credentials() -> dict[str, Any] | None:
+    """The credentials ``set_s3_credentials`` gave this process, for a process it launches."""
+    return dict(_s3_credentials) if _s3_credentials else None
+
+
 def default_store_url() -> str:
     """The store URL of this process: ``$CODEPARROT_STORE``, else ``./codeparrot-store``."""
     return os.environ.get(STORE_URL_ENV, DEFAULT_STORE_URL)

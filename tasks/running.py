@@ -1,4 +1,4 @@
-"""What every stage shares: its one declaration, its logger, its retry rule, the run's store.
+"""The Prefect side every stage's task shares: its logger, its retry rule, the run's store.
 
 The store's manifests are the only cache: a stage finds its committed output by its key, so
 Prefect caches nothing and no Prefect result record (a pickle) is ever written or read.
@@ -9,18 +9,14 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.exceptions import MissingContextError
-from pydantic import BaseModel
 
-from storage.stages import StageRef, StageSpec, StageWriter, code_version, run_stage
+from storage.stages import StageRef, StageSpec, StageWriter, run_stage
 from storage.store import (
     NOT_TRANSIENT_ERRNOS,
     Store,
@@ -29,6 +25,7 @@ from storage.store import (
     normalize_store_url,
 )
 from tasks.credentials import use_credentials_block
+from tasks.stage import Stage
 
 # Seconds between a stage's attempts after an I/O fault; one retry per entry. The default rides
 # out a store that is down for a few minutes; tests set it short.
@@ -107,69 +104,29 @@ def worker_store(store_url: str) -> Store:
     return Store(store_url)
 
 
-def _kebab(name: str) -> str:
-    return re.sub(r"_+", "-", name).strip("-")
+def stage_task(stage: Stage, group: bool = False) -> Callable[[Callable[..., Any]], Any]:
+    """Make a function the stage's Prefect task, named ``{stage}`` (or ``{stage}-group`` for
+    its per-group task): never cached by Prefect (the store is the cache), I/O faults retried
+    with backoff."""
+    delays = retry_delays()
+    return task(
+        name=f"{stage.name}-group" if group else stage.name,
+        cache_policy=NONE,
+        retries=len(delays),
+        retry_delay_seconds=delays,
+        retry_jitter_factor=0.2,
+        retry_condition_fn=retry_on_io_error,
+    )
 
 
-@dataclass(frozen=True)
-class Stage:
-    """One stage of the pipeline, declared once.
-
-    Its ``name`` is its folder in the store and its config section; its key hashes its
-    parameters, the keys of its ``inputs`` and the source of its ``code`` modules; its Prefect
-    task is named after the function the ``task`` decorator wraps.
-    """
-
-    name: str
-    """Folder in the store (``{store}/{name}/{key}/``) and config section."""
-    inputs: tuple[str, ...]
-    """Names of the outputs it reads (each a reference to another stage's output)."""
-    code: tuple[ModuleType, ...]
-    """Modules whose source decides what it computes (Prefect would hash only the task)."""
-    libraries: tuple[str, ...] = ()
-    """Versions of libraries whose behaviour decides what it computes."""
-    sections: tuple[str, ...] | None = None
-    """Config sections it takes, when not just its name (training takes model and train)."""
-
-    @property
-    def config_sections(self) -> tuple[str, ...]:
-        """The sections of the pipeline config this stage takes."""
-        return self.sections or (self.name,)
-
-    def spec(
-        self,
-        params: BaseModel | dict[str, Any],
-        inputs: dict[str, StageRef],
-        folder: str | None = None,
-    ) -> StageSpec:
-        """Where this stage's output for these parameters and inputs lives."""
-        unknown = set(inputs) - set(self.inputs)
-        if unknown:
-            raise ValueError(f"stage {self.name} reads no input named {sorted(unknown)}")
-        version = code_version(self.code, *self.libraries)
-        return StageSpec.of(folder or self.name, params, inputs, version)
-
-    def run(
-        self,
-        store_url: str,
-        spec: StageSpec,
-        build: Callable[[StageWriter], dict[str, Any]],
-        log: logging.Logger | logging.LoggerAdapter,
-    ) -> StageRef:
-        """Find the committed output of ``spec``, or build and commit it."""
-        ref = run_stage(Store(store_url), spec, build, log, current_flow_run())
-        log.info("%s: %s", self.name, ref.counts)
-        return ref
-
-    def task(self, fn: Callable[..., Any]) -> Any:
-        """Make ``fn`` this stage's Prefect task: never cached by Prefect (the store is the
-        cache), I/O faults retried with backoff."""
-        delays = retry_delays()
-        return task(
-            name=_kebab(fn.__name__),
-            cache_policy=NONE,
-            retries=len(delays),
-            retry_delay_seconds=delays,
-            retry_jitter_factor=0.2,
-            retry_condition_fn=retry_on_io_error,
-        )(fn)
+def commit_stage(
+    stage: Stage,
+    store_url: str,
+    spec: StageSpec,
+    build: Callable[[StageWriter], dict[str, Any]],
+    log: logging.Logger | logging.LoggerAdapter,
+) -> StageRef:
+    """Find the committed output of ``spec``, or build and commit it, recording the flow run."""
+    ref = run_stage(Store(store_url), spec, build, log, current_flow_run())
+    log.info("%s: %s", stage.name, ref.counts)
+    return ref

@@ -54,8 +54,8 @@ def session_store(tmp_path_factory) -> Store:
 @pytest.fixture(scope="session")
 def documents_ref(corpus_dir, session_store) -> StageRef:
     """Filtered documents of the generated corpus, in many small shards."""
-    from tasks.corpus import CorpusConfig, iter_documents, take_snapshot
-    from tasks.filtering import FilterConfig, filter_documents
+    from tasks.corpus.build import CorpusConfig, iter_documents, take_snapshot
+    from tasks.filter.build import FilterConfig, filter_documents
 
     config = CorpusConfig(roots=[str(corpus_dir)])
     snapshot = take_snapshot(config)
@@ -67,7 +67,7 @@ def documents_ref(corpus_dir, session_store) -> StageRef:
         documents = partial(iter_documents, session_store, corpus)
         return filter_documents(documents, filter_config, writer)
 
-    spec = StageSpec.of("documents", filter_config, {"corpus": corpus}, "t")
+    spec = StageSpec.of("filter/groups", filter_config, {"corpus": corpus}, "t")
     return run_stage(session_store, spec, build, LOG)
 
 
@@ -75,7 +75,7 @@ def documents_ref(corpus_dir, session_store) -> StageRef:
 def tokenizer_ref(documents_ref, session_store) -> StageRef:
     """A small BPE tokenizer trained on the generated corpus."""
     from storage.shards import iter_document_batches
-    from tasks.tokenizer import TokenizerConfig, build_tokenizer
+    from tasks.tokenizer.build import TokenizerConfig, build_tokenizer
 
     config = TokenizerConfig(vocab_size=400)
     texts = iter_document_batches(session_store, documents_ref, "train")
@@ -87,7 +87,7 @@ def tokenizer_ref(documents_ref, session_store) -> StageRef:
 @pytest.fixture(scope="session")
 def tokenizer(tokenizer_ref, session_store):
     """The loaded small tokenizer."""
-    from tasks.tokenizer import load_stage_tokenizer
+    from tasks.tokenizer.build import load_stage_tokenizer
 
     return load_stage_tokenizer(session_store, tokenizer_ref)
 
@@ -95,7 +95,7 @@ def tokenizer(tokenizer_ref, session_store):
 @pytest.fixture(scope="session")
 def tokens_ref(documents_ref, tokenizer_ref, tokenizer, session_store) -> StageRef:
     """Packed 32-token rows of the generated corpus."""
-    from tasks.tokenize import TokenizeConfig, tokenize_documents, tokenize_spec
+    from tasks.tokenize.build import TokenizeConfig, tokenize_documents, tokenize_spec
 
     config = TokenizeConfig(mode="packed", context_length=32)
     build = partial(tokenize_documents, session_store, documents_ref, tokenizer, config)

@@ -24,8 +24,8 @@ LOG = logging.getLogger("stage_runner")
 
 def run_tokenize(args: dict) -> StageRef:
     """The tokenize stage, pausing after each batch."""
-    from tasks.tokenize import TokenizeConfig, tokenize_documents, tokenize_spec
-    from tasks.tokenizer import load_stage_tokenizer
+    from tasks.tokenize.build import TokenizeConfig, tokenize_documents, tokenize_spec
+    from tasks.tokenizer.build import load_stage_tokenizer
 
     documents = StageRef.model_validate(args["documents"])
     tokenizer_ref = StageRef.model_validate(args["tokenizer"])
@@ -40,10 +40,9 @@ def run_tokenize(args: dict) -> StageRef:
 
 def run_train(args: dict) -> StageRef:
     """The train stage, pausing after each optimizer step."""
-    from tasks.train import train_spec
-    from tasks.training.config import ModelConfig, TrainConfig
-    from tasks.training.hooks import TrainHook
-    from tasks.training_run import train_from_shards
+    from tasks.train.build import train_from_shards, train_spec
+    from tasks.train.config import ModelConfig, TrainConfig
+    from tasks.train.hooks import TrainHook
 
     class SlowSteps(TrainHook):
         """Records each finished step, then pauses."""

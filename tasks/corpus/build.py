@@ -1,4 +1,4 @@
-"""Stage 1: resolve and stream the source corpus in bounded memory.
+"""Stage corpus: resolve and stream the source corpus in bounded memory.
 
 Three sources: Python files under local roots (by default the running interpreter's
 site-packages, so a fresh machine has real code without a download), JSONL/Parquet files with a
@@ -8,8 +8,8 @@ with ``datasets``.
 The stage commits a *snapshot* of the source (the file listing with sizes and mtimes, or the
 dataset's revision) rather than a copy of the raw code: its key changes when the corpus changes,
 and the filter stage streams the documents from it without holding them in memory. The listing
-is committed cut into groups (``tasks.groups``), each with a fingerprint of its rows: the filter
-and tokenize stages run once per group, keyed on that fingerprint.
+is committed cut into groups (``tasks.corpus.groups``), each with a fingerprint of its rows:
+the filter and tokenize stages run once per group, keyed on that fingerprint.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import os
 import re
 import site
 import stat
-import sys
 import sysconfig
 from collections import Counter
 from collections.abc import Iterator
@@ -37,13 +36,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-import tasks.groups
-from storage.stages import StageRef, StageWriter, read_manifest, read_part
+from storage.stages import StageRef, StageSpec, StageWriter, read_manifest, read_part
 from storage.store import DamagedObjectError, Store, open_regular
-from tasks.common import Stage, stage_logger
-from tasks.groups import cut_by_path, limit_listing, one_per_row, path_hash, table_fingerprint
-from tasks.notebooks import NotebookError, notebook_to_python
-from tasks.package_index import (
+from tasks.corpus import CORPUS
+from tasks.corpus.groups import (
+    cut_by_path,
+    limit_listing,
+    one_per_row,
+    path_hash,
+    table_fingerprint,
+)
+from tasks.corpus.notebooks import NotebookError, notebook_to_python
+from tasks.corpus.package_index import (
     ARCHIVES_DIR,
     PackageIndexError,
     archive_members,
@@ -555,13 +559,8 @@ def _limit_reached(config: CorpusConfig, stats: ReadStats) -> bool:
     return config.max_bytes is not None and stats["bytes_read"] >= config.max_bytes
 
 
-CORPUS = Stage("corpus", inputs=(), code=(sys.modules[__name__], tasks.groups))
-
-
-@CORPUS.task
-def stream_corpus(config: CorpusConfig, store_url: str) -> StageRef:
-    """Snapshot the configured corpus source into the store (its key is the snapshot's, so
-    the source is looked at on every run)."""
-    snapshot = take_snapshot(config, Store(store_url))
+def corpus_spec(config: CorpusConfig, snapshot: Snapshot) -> StageSpec:
+    """Where a snapshot of the configured source lives (its key is the snapshot's, so the
+    source is looked at on every run)."""
     params = {"config": config.model_dump(mode="json"), "fingerprint": snapshot.fingerprint()}
-    return CORPUS.run(store_url, CORPUS.spec(params, {}), snapshot.write, stage_logger())
+    return CORPUS.spec(params, {})

@@ -1,27 +1,17 @@
-"""Stage 6: perplexity on the validation shards, and completions for fixed prompts."""
+"""Stage evaluate: perplexity on the validation shards, and completions for fixed prompts."""
 
 from __future__ import annotations
 
 import contextlib
-import sys
-from functools import partial
 
 import torch
-import transformers
 from pydantic import Field
 from transformers import GPT2LMHeadModel
 
-import tasks.completion_eval
-import tasks.generation
-import tasks.humaneval
-import tasks.sandbox
-import tasks.training.data
-import tasks.training.evaluation
 from storage.shards import load_token_shards
-from storage.stages import StageRef, StageWriter, read_manifest
+from storage.stages import StageRef, StageSpec, StageWriter, read_manifest
 from storage.store import Store
-from tasks.common import Stage, stage_logger
-from tasks.completion_eval import (
+from tasks.completions import (
     API_MAX_NEW_TOKENS,
     COURSE_CASES,
     Case,
@@ -31,16 +21,17 @@ from tasks.completion_eval import (
     measure_api_accuracy,
     percent,
 )
-from tasks.generation import complete, load_generator
-from tasks.humaneval import describe as describe_humaneval
-from tasks.humaneval import humaneval_pass_at_1
+from tasks.evaluate import EVALUATE
+from tasks.evaluate.generation import complete, load_generator
+from tasks.evaluate.humaneval import describe as describe_humaneval
+from tasks.evaluate.humaneval import humaneval_pass_at_1
+from tasks.evaluate.sandbox import Limits
 from tasks.params import StageParams
-from tasks.sandbox import Limits
-from tasks.tokenizer import load_stage_tokenizer
-from tasks.training.data import TokenRows, sequential_batches
-from tasks.training.evaluation import evaluate_loss
-from tasks.training.model import build_model
-from tasks.training_run import model_folder
+from tasks.tokenizer.build import load_stage_tokenizer
+from tasks.train.build import model_folder
+from tasks.train.data import TokenRows, sequential_batches
+from tasks.train.evaluation import EvalResult, evaluate_loss
+from tasks.train.model import build_model
 
 SCATTER_PROMPT = "# create scatter plot with x, y\n"
 DEFAULT_PROMPTS = [
@@ -135,7 +126,7 @@ def evaluate_model(
     if config.max_batches is not None:
         rows = min(rows, config.max_batches * config.batch_size)
 
-    def measure(candidate) -> tasks.training.evaluation.EvalResult:
+    def measure(candidate) -> EvalResult:
         batches = sequential_batches(valid_rows, config.batch_size, config.max_batches)
         return evaluate_loss(candidate, batches, device, contextlib.nullcontext)
 
@@ -197,40 +188,13 @@ def evaluate_model(
     return {**metrics, "samples": samples}
 
 
-EVALUATE = Stage(
-    "evaluate",
-    inputs=("training", "tokens", "tokenizer", "documents"),
-    code=(
-        sys.modules[__name__],
-        tasks.completion_eval,
-        tasks.generation,
-        tasks.humaneval,
-        tasks.sandbox,
-        tasks.training.evaluation,
-        tasks.training.data,
-    ),
-    libraries=(torch.__version__, transformers.__version__),
-)
-
-
-@EVALUATE.task
-def evaluate_perplexity(
+def evaluate_spec(
     training: StageRef,
     tokens: StageRef,
     tokenizer: StageRef,
     documents: StageRef,
     config: EvalConfig,
-    store_url: str,
-) -> StageRef:
-    """Validation perplexity (plain loss), API accuracy on held-out code, the course's prompts
-    and sample completions of the trained model, each beside an untrained model's."""
-    log = stage_logger()
-    store = Store(store_url)
-    build = partial(evaluate_model, store, training, tokens, tokenizer, documents, config, log=log)
-    inputs = {
-        "training": training,
-        "tokens": tokens,
-        "tokenizer": tokenizer,
-        "documents": documents,
-    }
-    return EVALUATE.run(store_url, EVALUATE.spec(config, inputs), build, log)
+) -> StageSpec:
+    """Where the evaluation of this model, on these tokens and documents, lives."""
+    inputs = {"train": training, "tokenize": tokens, "tokenizer": tokenizer, "filter": documents}
+    return EVALUATE.spec(config, inputs)

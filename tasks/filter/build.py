@@ -1,10 +1,11 @@
-"""Stage 2: keep data-science files, split train/validation, index them for dedup.
+"""The filter stage, per group: keep data-science files, split train/validation, index them
+for dedup.
 
-It runs once per corpus group (``documents/{key}``, keyed on the group's fingerprint, so a group
+It runs once per corpus group (``filter/groups/{key}``, keyed on the group's fingerprint, so a group
 whose files did not change is not filtered again). The keyword rule is the course's: keep a file
 if any keyword occurs anywhere in it. The split is decided by a hash of each file's identity, so
 a file stays on the same side however the corpus is grouped or grown. Beside its documents each
-group writes an index of their exact digests and MinHash band keys; ``tasks.dedup`` joins the
+group writes an index of their exact digests and MinHash band keys; ``tasks.filter.join`` joins the
 groups' indexes to find duplicates across the whole corpus.
 """
 
@@ -12,23 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import io
-import sys
 from collections.abc import Callable, Iterable
-from functools import partial
 
-import datasketch
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
-import storage.shards
-import tasks.corpus
-import tasks.dedup
 from storage.shards import SPLITS, DocumentShardWriter
-from storage.stages import StageRef, StageSpec, StageWriter
-from tasks.common import Stage, stage_logger, worker_store
-from tasks.corpus import Document, ReadStats, iter_documents, read_settings, snapshot_config
-from tasks.dedup import MinHasher, band_column, index_schema
+from storage.stages import StageSpec, StageWriter
+from tasks.corpus.build import Document, ReadStats
+from tasks.filter import FILTER
+from tasks.filter.dedup import MinHasher, band_column, index_schema
 from tasks.params import StageParams
 
 DEFAULT_KEYWORDS = ["pandas", "sklearn", "matplotlib", "seaborn"]
@@ -262,43 +257,13 @@ def filter_documents(
     return counts
 
 
-FILTER = Stage(
-    "documents",
-    inputs=(),
-    code=(sys.modules[__name__], tasks.corpus, tasks.dedup, storage.shards),
-    libraries=(datasketch.__version__,),
-    sections=("filter",),
-)
-
-
 def filter_spec(corpus_settings: dict, group: dict, config: FilterConfig) -> StageSpec:
     """Where one group's filtered documents live: keyed on the group's rows (its fingerprint),
-    the corpus settings that decide how they are read (``tasks.corpus.read_settings``) and the
+    the corpus settings that decide how they are read (``tasks.corpus.build.read_settings``) and the
     filter's settings; not on the snapshot as a whole, which changes whenever any group does."""
     params = {
         "group": group["fingerprint"],
         "corpus": corpus_settings,
         "filter": config.model_dump(mode="json"),
     }
-    return FILTER.spec(params, {})
-
-
-@FILTER.task
-def filter_by_keywords(
-    corpus: StageRef, group: dict, config: FilterConfig, store_url: str
-) -> StageRef:
-    """Filter one group of the corpus: keep data-science files, split them, index them for
-    dedup; write Parquet shards to ``documents/{key}``."""
-    log = stage_logger()
-    store = worker_store(store_url)
-    name = str(group["name"])
-
-    def report(counts: dict[str, int]) -> None:
-        log.info("filter group %s: %d files read, %d kept", name, counts["read"], counts["kept"])
-
-    def build(writer: StageWriter) -> dict[str, int]:
-        documents = partial(iter_documents, store, corpus, group=name)
-        return filter_documents(documents, config, writer, report)
-
-    settings = read_settings(snapshot_config(store, corpus))
-    return FILTER.run(store_url, filter_spec(settings, group, config), build, log)
+    return FILTER.spec(params, {}, group=True)

@@ -1,47 +1,27 @@
-"""The whole corpus from its groups: dedup across them, and the union of their token shards.
+"""The filter stage's join: drop exact and near duplicates across the groups' filtered
+documents, and list the groups as one output, ``{store}/filter/{key}``.
 
-Both outputs are small: a member list (``storage.shards.MEMBERS_PART``) naming the groups'
-outputs in corpus order, plus, for dedup, one drop list per group that has duplicates. Readers
-follow the list, so training reads every group's shards in a deterministic order without a copy.
+The output is small: a member list (``storage.shards.MEMBERS_PART``) naming the groups'
+outputs in corpus order, plus one drop list per group that has duplicates. Readers follow the
+list, so later stages read every group's shards in a deterministic order without a copy.
 """
 
 from __future__ import annotations
 
 import io
-import sys
 from collections import Counter
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import storage.shards
-import tasks.dedup
 from storage.shards import SPLITS, Member, write_members
 from storage.stages import StageRef, StageWriter, part_names, read_manifest, read_part
 from storage.store import Store
-from tasks.common import Stage, stage_logger, worker_store
-from tasks.corpus import CorpusError
-from tasks.dedup import Linker, MinHasher, band_column, choose_drops
-from tasks.filtering import INDEX_DIR, FilterConfig, FilterError
-from tasks.params import StageParams
-from tasks.tokenize import TokenizeConfig
-
-# Counts of a group that are not added up over the groups.
-NOT_SUMMED = {"context_length", "vocab_size"}
-
-
-def sum_counts(refs: list[StageRef]) -> dict[str, Any]:
-    """The groups' integer counts added up (settings such as the context length are kept)."""
-    total: Counter = Counter()
-    kept: dict[str, Any] = {}
-    for ref in refs:
-        for name, value in ref.counts.items():
-            if name in NOT_SUMMED:
-                kept[name] = value
-            elif isinstance(value, int) and not isinstance(value, bool):
-                total[name] += value
-    return {**dict(total), **kept}
+from tasks.corpus.build import CorpusError
+from tasks.filter.build import INDEX_DIR, FilterConfig, FilterError
+from tasks.filter.dedup import Linker, MinHasher, band_column, choose_drops
+from tasks.join import sum_counts
 
 
 def read_index(store: Store, ref: StageRef, columns: list[str]) -> pa.Table:
@@ -120,70 +100,3 @@ def check_corpus_counts(counts: dict[str, Any], config: FilterConfig) -> None:
                 f"valid_fraction={config.valid_fraction}); adjust filter.valid_fraction "
                 "or read more files (corpus.max_files)"
             )
-
-
-class JoinParams(StageParams):
-    """What a join's key hashes besides its members: the settings it was made with."""
-
-    members: list[str]
-    """The members' stage/key, in corpus order."""
-    settings: dict[str, Any]
-    """The settings of the stage whose groups are joined."""
-
-
-DEDUP = Stage(
-    "filter",
-    inputs=(),
-    code=(sys.modules[__name__], tasks.dedup, storage.shards),
-    sections=("filter",),
-)
-
-
-@DEDUP.task
-def deduplicate_groups(groups: list[StageRef], config: FilterConfig, store_url: str) -> StageRef:
-    """Drop exact and near duplicates across the corpus's filtered groups (from their small
-    indexes) and list the groups as one output: ``filter/{key}``."""
-    store = worker_store(store_url)
-    params = JoinParams(members=[g.prefix for g in groups], settings=config.model_dump(mode="json"))
-    spec = DEDUP.spec(params, {})
-    return DEDUP.run(
-        store_url, spec, lambda writer: deduplicate(store, groups, config, writer), stage_logger()
-    )
-
-
-def join_tokens(groups: list[StageRef], writer: StageWriter) -> dict[str, Any]:
-    """List the groups' token shards as one output; a split without a row is a clear error."""
-    write_members(writer, [Member(g) for g in groups])
-    counts = sum_counts(groups)
-    for split in SPLITS:
-        if counts.get(f"{split}_rows", 0) == 0:
-            raise ValueError(
-                f"the {split} split yields no {counts.get('context_length')}-token row "
-                f"({counts.get(f'{split}_tokens', 0)} tokens in "
-                f"{counts.get(f'{split}_documents', 0)} files); use tokenize.mode=packed, a "
-                "shorter context_length, or a larger corpus"
-            )
-    counts["groups"] = len(groups)
-    return counts
-
-
-JOIN_TOKENS = Stage(
-    "tokenize",
-    inputs=("documents", "tokenizer"),
-    code=(sys.modules[__name__], storage.shards),
-    sections=("tokenize",),
-)
-
-
-@JOIN_TOKENS.task
-def join_token_groups(
-    groups: list[StageRef],
-    documents: StageRef,
-    tokenizer: StageRef,
-    config: TokenizeConfig,
-    store_url: str,
-) -> StageRef:
-    """The corpus's token rows: every group's shards, in corpus order, as ``tokenize/{key}``."""
-    params = JoinParams(members=[g.prefix for g in groups], settings=config.model_dump(mode="json"))
-    spec = JOIN_TOKENS.spec(params, {"documents": documents, "tokenizer": tokenizer})
-    return JOIN_TOKENS.run(store_url, spec, lambda w: join_tokens(groups, w), stage_logger())

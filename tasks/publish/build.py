@@ -1,8 +1,8 @@
-"""Stage 7: publish a self-contained model folder and point ``LATEST`` at it.
+"""Stage publish: a self-contained model folder, and ``LATEST`` pointed at it.
 
 The folder holds safetensors weights, config, generation config, tokenizer and a model card,
 so ``transformers.pipeline("text-generation", model=folder)`` loads it. Versions live at
-``{store}/models/{name}/{key}/``; ``{store}/models/{name}/LATEST`` names the newest.
+``{store}/publish/{name}/{key}/``; ``{store}/publish/{name}/LATEST`` names the newest.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ import json
 import platform
 import re
 import shutil
-import sys
 import tempfile
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,16 +21,16 @@ from huggingface_hub import ModelCard, ModelCardData
 from pydantic import Field
 from transformers import GenerationConfig
 
-from storage.stages import KEY_PATTERN, StageRef, StageWriter, part_folder, read_manifest
+from storage.stages import KEY_PATTERN, StageRef, StageSpec, StageWriter, part_folder, read_manifest
 from storage.store import DamagedObjectError, Store, StoreError
-from tasks.common import Stage, stage_logger
-from tasks.completion_eval import percent
-from tasks.generation import complete, load_generator
-from tasks.humaneval import describe as describe_humaneval
-from tasks.markdown import code_block, inline_text, table
+from tasks.completions import percent
+from tasks.evaluate.generation import complete, load_generator
+from tasks.evaluate.humaneval import describe as describe_humaneval
 from tasks.params import StageParams
-from tasks.tokenizer import tokenizer_folder
-from tasks.training_run import model_folder
+from tasks.publish import PUBLISH
+from tasks.publish.markdown import code_block, inline_text, table
+from tasks.tokenizer.build import tokenizer_folder
+from tasks.train.build import model_folder
 
 LATEST = "LATEST"
 
@@ -41,7 +39,7 @@ class PublishConfig(StageParams):
     """Where and under what name the model is published."""
 
     model_name: str = Field(default="codeparrot-ds", pattern=r"^[a-z0-9][a-z0-9._-]*$")
-    """Name of the model folder under models/ in the store."""
+    """Name of the model folder under publish/ in the store."""
     max_new_tokens: int = Field(default=64, ge=1)
     """Default generation length written into generation_config.json."""
     tolerance: float = Field(default=0.02, ge=0.0, le=1.0)
@@ -62,7 +60,7 @@ class ModelNotPromotedError(RuntimeError):
 
 def models_area(name: str) -> str:
     """Folder of a published model's versions, relative to the store root."""
-    return f"models/{name}"
+    return f"{PUBLISH.name}/{name}"
 
 
 USAGE = """from transformers import pipeline
@@ -78,11 +76,11 @@ def model_card(
     Built with huggingface_hub's ModelCard; every text from a config, a prompt or the model
     is shown literally (escaped, or inside a fence it cannot close).
     """
-    training = read_manifest(store, sources["training"])
+    training = read_manifest(store, sources["train"])
     counts = training.counts
     data_counts = [
         (key, value)
-        for key, value in {**sources["documents"].counts, **sources["tokens"].counts}.items()
+        for key, value in {**sources["filter"].counts, **sources["tokenize"].counts}.items()
         if isinstance(value, int)
     ]
     shown_metrics = [
@@ -172,7 +170,7 @@ def assemble_model_folder(
     store: Store, folder: Path, name: str, sources: dict[str, StageRef], config: PublishConfig
 ) -> None:
     """Lay out weights, config, tokenizer, generation config and model card in a local folder."""
-    shutil.copytree(model_folder(store, sources["training"]), folder, dirs_exist_ok=True)
+    shutil.copytree(model_folder(store, sources["train"]), folder, dirs_exist_ok=True)
     shutil.copytree(tokenizer_folder(store, sources["tokenizer"]), folder, dirs_exist_ok=True)
     model_config = json.loads((folder / "config.json").read_text())
     GenerationConfig(
@@ -182,7 +180,7 @@ def assemble_model_folder(
         eos_token_id=model_config["eos_token_id"],
         pad_token_id=model_config["eos_token_id"],
     ).save_pretrained(folder)
-    evaluation = sources["evaluation"].counts
+    evaluation = sources["evaluate"].counts
     metrics = {k: v for k, v in evaluation.items() if k != "samples"}
     card = model_card(store, name, sources, metrics, evaluation["samples"])
     card.save(folder / "README.md")
@@ -203,14 +201,14 @@ def publish_folder(
         check_loads(folder, "import pandas as pd\n")
         writer.put_dir(folder, "")
     log.info("publish: %s loads through transformers.pipeline", writer.store.uri(writer.prefix))
-    evaluation = sources["evaluation"].counts
+    evaluation = sources["evaluate"].counts
     return {
         "name": config.model_name,
         "perplexity": evaluation["perplexity"],
         "api_accuracy": evaluation.get("api_accuracy"),
         # Perplexities compare only on the same tokenizer and the same validation rows.
         "tokenizer": sources["tokenizer"].prefix,
-        "validation": sources["tokens"].prefix,
+        "validation": sources["tokenize"].prefix,
     }
 
 
@@ -260,7 +258,7 @@ def current_model_counts(store: Store, name: str, log) -> dict | None:
 
 
 def set_latest(store: Store, name: str, key: str) -> None:
-    """Point ``models/{name}/LATEST`` at a published version."""
+    """Point ``publish/{name}/LATEST`` at a published version."""
     store.write_json(
         f"{models_area(name)}/{LATEST}",
         {
@@ -297,34 +295,7 @@ def published_folder(store: Store, ref: StageRef) -> Path:
     return part_folder(store, ref, "")
 
 
-PUBLISH = Stage(
-    "publish",
-    inputs=("corpus", "documents", "tokenizer", "tokens", "training", "evaluation"),
-    code=(sys.modules[__name__],),
-    libraries=(transformers.__version__,),
-)
-
-
-# Its output is keyed as any stage's, but the task always runs: it decides whether LATEST moves
-# to this model (the quality gate) and moves it.
-@PUBLISH.task
-def publish_model(sources: dict[str, StageRef], config: PublishConfig, store_url: str) -> StageRef:
-    """Publish the trained model with its tokenizer and model card; move LATEST to it."""
-    log = stage_logger()
-    store = Store(store_url)
-    build = partial(publish_folder, store, sources, config, log=log)
+def publish_spec(sources: dict[str, StageRef], config: PublishConfig) -> StageSpec:
+    """Where the model built from these stage outputs, under this name, is published."""
     params = config.model_dump(mode="json", exclude=GATE_FIELDS)
-    spec = PUBLISH.spec(params, sources, folder=models_area(config.model_name))
-    ref = PUBLISH.run(store_url, spec, build, log)
-    current = current_model_counts(store, config.model_name, log)
-    refusal = promotion_refusal(ref.counts, current, config.tolerance)
-    if refusal and not config.force:
-        raise ModelNotPromotedError(
-            f"{refusal}. The model is stored at {store.uri(ref.prefix)}; LATEST still points "
-            "at the current one. Set publish.force=true to promote it anyway"
-        )
-    if refusal:
-        log.warning("%s; promoted anyway (publish.force)", refusal)
-    set_latest(store, config.model_name, ref.key)
-    log.info("published %s", store.uri(ref.prefix))
-    return ref
+    return PUBLISH.spec(params, sources, subfolder=config.model_name)

@@ -1,8 +1,9 @@
-"""Stage 4: tokenize the filtered documents into fixed-length rows in Arrow shards.
+"""The tokenize stage, per group: the filtered documents as fixed-length rows in Arrow shards.
 
-It runs once per corpus group (``tokens/{key}``), keyed on the group's documents, the files that
-dedup drops from it, the tokenizer and the settings: a group whose documents and drops did not
-change is not tokenized again. ``tasks.joins`` lists the groups' shards as one output.
+It runs once per corpus group (``tokenize/groups/{key}``), keyed on the group's documents, the
+files that dedup drops from it, the tokenizer and the settings: a group whose documents and
+drops did not change is not tokenized again. ``tasks.tokenize.join`` lists the groups' shards
+as one output.
 
 Two chunking modes:
 
@@ -14,29 +15,25 @@ Two chunking modes:
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Literal
 
 import numpy as np
-import tokenizers
 from pydantic import Field
 
-import storage.shards
 from storage.shards import (
     SPLITS,
     TokenShardWriter,
-    member_drops,
     open_document_shard,
     token_dtype,
 )
 from storage.stages import StageRef, StageSpec, StageWriter, part_names, read_manifest
 from storage.store import Store
-from tasks.common import Stage, stage_logger, worker_store
 from tasks.params import StageParams
-from tasks.tokenizer import shared_stage_tokenizer, token_id_bound
+from tasks.tokenize import TOKENIZE
+from tasks.tokenizer.build import token_id_bound
 
 
 class TokenizeConfig(StageParams):
@@ -207,48 +204,10 @@ def tokenize_documents(
     return counts
 
 
-TOKENIZE = Stage(
-    "tokens",
-    inputs=("documents", "tokenizer"),
-    code=(sys.modules[__name__], storage.shards),
-    libraries=(tokenizers.__version__,),
-    sections=("tokenize",),
-)
-
-
 def tokenize_spec(
     documents: StageRef, tokenizer: StageRef, config: TokenizeConfig, drops: str | None = None
 ) -> StageSpec:
     """Where the token shards of these documents (less the drops whose list has this sha256),
     tokenizer and config live."""
     params = {"tokenize": config.model_dump(mode="json"), "drops": drops}
-    return TOKENIZE.spec(params, {"documents": documents, "tokenizer": tokenizer})
-
-
-@TOKENIZE.task
-def tokenize_to_shards(
-    documents: StageRef,
-    deduplicated: StageRef,
-    tokenizer: StageRef,
-    config: TokenizeConfig,
-    store_url: str,
-) -> StageRef:
-    """Tokenize one group's documents, less the duplicates that ``deduplicated`` (the whole
-    corpus's dedup) drops from it, into fixed-length rows in Arrow shards."""
-    log = stage_logger()
-    store = worker_store(store_url)
-    every = max(1, 20_000 // config.batch_size)
-    calls = {"n": 0}
-    drops_sha256, skip = member_drops(store, deduplicated, documents)
-
-    def progress(split: str, docs: int, rows: int) -> None:
-        calls["n"] += 1
-        if calls["n"] % every == 0:
-            log.info("tokenize %s %s: %d files, %d rows", documents.key, split, docs, rows)
-
-    def build(writer: StageWriter) -> dict[str, int]:
-        loaded = shared_stage_tokenizer(store, tokenizer)
-        return tokenize_documents(store, documents, loaded, config, writer, progress, skip)
-
-    spec = tokenize_spec(documents, tokenizer, config, drops_sha256)
-    return TOKENIZE.run(store_url, spec, build, log)
+    return TOKENIZE.spec(params, {"filter": documents, "tokenizer": tokenizer}, group=True)

@@ -1,4 +1,4 @@
-"""Stage 3: train a byte-level BPE tokenizer on the training split, or load an existing one.
+"""Stage tokenizer: train a byte-level BPE tokenizer on the training split, or load an existing one.
 
 The result is a folder that ``AutoTokenizer.from_pretrained(folder)`` loads, with
 ``<|endoftext|>`` as its end-of-text (and beginning and unknown) token, as GPT-2's.
@@ -9,22 +9,19 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import sys
 import tempfile
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import tokenizers
 from pydantic import Field
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from storage.shards import iter_document_batches
-from storage.stages import StageRef, StageWriter, part_folder
+from storage.stages import StageRef, StageSpec, StageWriter, part_folder
 from storage.store import Store, StoreError, fetch_folder, open_regular
-from tasks.common import Stage, stage_logger
 from tasks.params import StageParams
+from tasks.tokenizer import TOKENIZER
 
 # transformers (and torch, which it imports: about 1.3 s) is imported only where a tokenizer is
 # trained or loaded whole, so that a Dask worker that only tokenizes starts without it.
@@ -292,14 +289,6 @@ def tokenizer_folder(store: Store, ref: StageRef) -> Path:
     return part_folder(store, ref, TOKENIZER_DIR)
 
 
-TOKENIZER = Stage(
-    "tokenizer",
-    inputs=("documents",),
-    code=(sys.modules[__name__],),
-    libraries=(tokenizers.__version__,),
-)
-
-
 def tokenizer_params(config: TokenizerConfig) -> dict:
     """The tokenizer stage's parameters: a pretrained tokenizer is keyed by its files' hash,
     not its name, so one changed in place gets a new key."""
@@ -309,14 +298,15 @@ def tokenizer_params(config: TokenizerConfig) -> dict:
     return params
 
 
-@TOKENIZER.task
-def train_tokenizer(documents: StageRef, config: TokenizerConfig, store_url: str) -> StageRef:
-    """Train a byte-level BPE tokenizer on the training split, or load the configured one."""
-    # A loaded tokenizer does not depend on our documents; a trained one does.
-    inputs = {} if config.pretrained else {"documents": documents}
-    spec = TOKENIZER.spec(tokenizer_params(config), inputs)
+def tokenizer_spec(documents: StageRef, config: TokenizerConfig) -> StageSpec:
+    """Where the tokenizer for these documents and settings lives; a loaded tokenizer does not
+    depend on our documents, a trained one does."""
+    inputs = {} if config.pretrained else {"filter": documents}
+    return TOKENIZER.spec(tokenizer_params(config), inputs)
+
+
+def training_texts(store: Store, documents: StageRef, config: TokenizerConfig) -> Iterator:
+    """The batches of training-split texts the tokenizer trains on (a sample of at most
+    ``max_training_bytes``)."""
     fraction = sample_fraction(documents.counts.get("bytes_kept", 0), config.max_training_bytes)
-    texts = sample_batches(
-        iter_document_batches(Store(store_url), documents, "train", 1000), fraction
-    )
-    return TOKENIZER.run(store_url, spec, partial(build_tokenizer, config, texts), stage_logger())
+    return sample_batches(iter_document_batches(store, documents, "train", 1000), fraction)

@@ -1,7 +1,7 @@
 """Training one GPT-2 from the store's token shards, in this process (or one launched rank).
 
-No Prefect here: the stage's task (``tasks.train``) and the multi-process launcher
-(``tasks.train_launch``) both call ``train_from_shards``.
+No Prefect here: the stage's task (``tasks.train.task``) and each launched process
+(``tasks.train.launch``) call ``train_from_shards``.
 """
 
 from __future__ import annotations
@@ -13,18 +13,18 @@ from pathlib import Path
 import numpy as np
 
 from storage.shards import load_token_shards
-from storage.stages import CHECKPOINTS_DIR, StageRef, StageWriter, input_ref, part_folder
+from storage.stages import CHECKPOINTS_DIR, StageRef, StageSpec, StageWriter, input_ref, part_folder
 from storage.store import Store
-from tasks.completion_eval import API_MAX_NEW_TOKENS, api_probe, completion_cases
-from tasks.progress import ProgressCallback
-from tasks.tokenizer import load_stage_tokenizer, token_id_bound
-from tasks.training.checkpoint import CheckpointStore
-from tasks.training.config import ModelConfig, TrainConfig
-from tasks.training.data import TokenRows
-from tasks.training.hooks import TrainHook
-from tasks.training.loop import make_accelerator, train_model_loop
-from tasks.training.loss import resolve_key_tokens
-from tasks.training.model import build_model, gpt2_config
+from tasks.completions import API_MAX_NEW_TOKENS, api_probe, completion_cases
+from tasks.tokenizer.build import load_stage_tokenizer, token_id_bound
+from tasks.train import TRAIN
+from tasks.train.checkpoint import CheckpointStore
+from tasks.train.config import EXECUTION_FIELDS, ModelConfig, TrainConfig
+from tasks.train.data import TokenRows
+from tasks.train.hooks import ProgressCallback, TrainHook
+from tasks.train.loop import make_accelerator, train_model_loop
+from tasks.train.loss import resolve_key_tokens
+from tasks.train.model import build_model, gpt2_config
 
 MODEL_DIR = "model"
 HISTORY_PART = "history.json"
@@ -46,7 +46,7 @@ def periodic_api_probe(store: Store, tokens: StageRef, tokenizer, cases: int, lo
     the shards were made from; None when ``cases`` is 0 or those documents hold none."""
     if cases == 0:
         return None
-    documents = input_ref(store, tokens, "documents")
+    documents = input_ref(store, tokens, "filter")
     found, _ = completion_cases(store, documents, cases)
     if not found:
         log.warning("no held-out API cases in %s: no API-accuracy curve", documents.prefix)
@@ -69,7 +69,7 @@ def train_from_shards(
     """Build a fresh GPT-2, train it on the token shards, and write it with its history.
 
     The inputs are read from ``store``; the model, history and checkpoints go to ``writer``.
-    ``hooks`` join the training loop's own (``tasks.training.hooks``).
+    ``hooks`` join the training loop's own (``tasks.train.hooks``).
     In a multi-process run every process calls this; only the main process writes the model
     and returns the counts (the others return an empty dict).
     """
@@ -128,6 +128,17 @@ def train_from_shards(
         "resumed_from_step": result.resumed_from,
         "keytoken_ids": keytoken_ids,
     }
+
+
+def train_spec(
+    tokens: StageRef, tokenizer: StageRef, model_config: ModelConfig, train_config: TrainConfig
+) -> StageSpec:
+    """Where the model trained on these tokens with these settings lives."""
+    params = {
+        "model": model_config.model_dump(mode="json"),
+        "train": train_config.model_dump(mode="json", exclude=EXECUTION_FIELDS),
+    }
+    return TRAIN.spec(params, {"tokenize": tokens, "tokenizer": tokenizer})
 
 
 def training_request(

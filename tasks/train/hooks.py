@@ -17,12 +17,15 @@ from typing import Any
 
 from accelerate import Accelerator
 
-from tasks.training.config import TrainConfig
-from tasks.training.data import StreamPosition, TokenRows, sequential_batches
-from tasks.training.evaluation import evaluate_loss
-from tasks.training.result import TrainResult
-from tasks.training.state import CheckpointReport, CheckpointSaver
-from tasks.training.trainer import StepOutput, Trainer
+from tasks.train.config import TrainConfig
+from tasks.train.data import StreamPosition, TokenRows, sequential_batches
+from tasks.train.evaluation import evaluate_loss
+from tasks.train.result import TrainResult
+from tasks.train.state import CheckpointReport, CheckpointSaver
+from tasks.train.trainer import StepOutput, Trainer
+
+# Called with each logged step's record (step, total_steps, loss, lr, tokens_per_second).
+ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 class TrainHook:

@@ -4,7 +4,7 @@ The Prefect task launches the run and forwards every line the processes print to
 logger, so the UI shows them; progress records travel as marked lines. The launched processes
 need nothing but the store: they read the shards and write checkpoints and the model there.
 
-Launched side: ``python -m tasks.train_launch REQUEST_JSON RESULT_JSON``.
+Launched side: ``python -m tasks.train.launch REQUEST_JSON RESULT_JSON``.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from typing import Any
 
 import torch
 
-from storage.stages import StageRef, StageWriter
-from storage.store import Store
-from tasks.credentials import use_credentials_block
-from tasks.progress import ProgressCallback
-from tasks.training.config import ModelConfig, TrainConfig
-from tasks.training_run import train_from_shards
+from storage.stages import PartInfo, StageRef, StageWriter
+from storage.store import Store, current_s3_credentials, set_s3_credentials
+from tasks.train.build import train_from_shards, training_request
+from tasks.train.config import ModelConfig, TrainConfig
+from tasks.train.hooks import ProgressCallback
+from tasks.train.loop import resolve_mixed_precision
 
 # Marks a line that carries a progress record (JSON) rather than a log message.
 PROGRESS_MARK = "@codeparrot-progress "
@@ -132,6 +132,37 @@ def launch_training(
         return json.loads(result_path.read_text())
 
 
+def build_training(
+    store: Store,
+    tokens: StageRef,
+    tokenizer_ref: StageRef,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    writer: StageWriter,
+    log,
+    on_progress: ProgressCallback | None = None,
+) -> dict:
+    """Train in this process, or in one launched process per GPU when there are several."""
+    processes = train_config.resolved_processes()
+    if processes == 1:
+        return train_from_shards(
+            store, tokens, tokenizer_ref, model_config, train_config, writer, log, on_progress
+        )
+    request = {
+        **training_request(tokens, tokenizer_ref, model_config, train_config, store.url),
+        "stage": writer.stage,
+        "key": writer.key,
+        # A Prefect block's keys travel in the request file (in a private folder, removed after
+        # the run), so the launched processes need neither the Prefect API nor secrets in env.
+        "s3_credentials": current_s3_credentials(),
+    }
+    outcome = launch_training(
+        request, processes, resolve_mixed_precision(train_config.mixed_precision), log, on_progress
+    )
+    writer.parts.update({n: PartInfo.model_validate(i) for n, i in outcome["parts"].items()})
+    return outcome["counts"]
+
+
 def main(argv: list[str] | None = None) -> None:
     """One launched training process: train, and on the main process report parts and counts."""
     request_path, result_path = argv or sys.argv[1:]
@@ -146,8 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     log.handlers = [handler]
     log.propagate = False
-    if not request["store_url"].startswith("file://"):
-        use_credentials_block()
+    set_s3_credentials(request.get("s3_credentials"))
     store = Store(request["store_url"])
     writer = StageWriter(store, request["stage"], request["key"])
 

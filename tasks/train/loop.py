@@ -1,7 +1,7 @@
 """The training loop: a short step loop; logging, validation and checkpoints are its hooks.
 
 Accumulation, clipping, schedule, mixed precision and the key-token loss are in the step
-(``tasks.training.trainer``); what happens around steps is in ``tasks.training.hooks``.
+(``tasks.train.trainer``); what happens around steps is in ``tasks.train.hooks``.
 """
 
 from __future__ import annotations
@@ -15,20 +15,20 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from tasks.training.checkpoint import CheckpointStore
-from tasks.training.config import TrainConfig
-from tasks.training.data import BatchStream, StreamPosition, TokenRows
-from tasks.training.hooks import (
+from tasks.train.checkpoint import CheckpointStore
+from tasks.train.config import TrainConfig
+from tasks.train.data import BatchStream, StreamPosition, TokenRows
+from tasks.train.hooks import (
     Checkpointing,
     PeriodicValidation,
     ProgressLog,
     TrainHook,
     TrainingLoop,
 )
-from tasks.training.prefetch import StepPrefetcher
-from tasks.training.result import TrainResult
-from tasks.training.state import CheckpointSaver, newest_sound_checkpoint, set_rng_state
-from tasks.training.trainer import Trainer
+from tasks.train.prefetch import StepPrefetcher
+from tasks.train.result import TrainResult
+from tasks.train.state import CheckpointSaver, newest_sound_checkpoint, set_rng_state
+from tasks.train.trainer import Trainer
 
 
 def resolve_mixed_precision(requested: str) -> str:
@@ -97,7 +97,7 @@ def train_model_loop(
     every ``checkpoint_interval`` steps and at the end. ``on_progress`` gets each logged
     record on the main process; ``probe`` measures the model at each periodic validation
     (the API-accuracy curve). ``hooks`` are called after the loop's own (see
-    ``tasks.training.hooks``).
+    ``tasks.train.hooks``).
     """
     total_steps = config.total_steps(len(train_rows), accelerator.num_processes)
     trainer = Trainer(model, config, accelerator, keytoken_ids, total_steps)

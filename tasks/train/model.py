@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from tasks.training.config import ModelConfig
-from tasks.training.loss import chunked_weighted_loss
+from tasks.train.config import ModelConfig
+from tasks.train.loss import chunked_weighted_loss
 
 
 def gpt2_config(

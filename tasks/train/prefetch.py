@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import torch
 
-from tasks.training.data import StreamPosition
+from tasks.train.data import StreamPosition
 
 _STOP_POLL_SECONDS = 0.1
 

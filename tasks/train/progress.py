@@ -1,9 +1,9 @@
-"""Training progress in the Prefect UI: one progress artifact, updated at every logged step."""
+"""Training progress in the Prefect UI (Prefect side): one progress artifact, updated at every
+logged step."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -12,8 +12,6 @@ from prefect.context import FlowRunContext, TaskRunContext
 
 # Stable key: every run's progress is a new version of the same artifact.
 PROGRESS_KEY = "codeparrot-ds-training-progress"
-
-ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 def describe_progress(record: dict[str, Any]) -> str:

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from tasks.training.checkpoint import Checkpoint, CheckpointStore, from_bytes, to_bytes
-from tasks.training.data import StreamPosition
+from tasks.train.checkpoint import Checkpoint, CheckpointStore, from_bytes, to_bytes
+from tasks.train.data import StreamPosition
 
 STATE_FILE = "state.pt"
 

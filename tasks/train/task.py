@@ -1,4 +1,4 @@
-"""Stage 5: train GPT-2 from scratch on the token shards; save weights and loss history.
+"""The train stage's Prefect tasks: train GPT-2 from scratch on the token shards.
 
 Training runs in this task's process, in one launched process per GPU, or on the workers of
 a training deployment (the GPU pool); all three commit the same output at the same key.
@@ -6,104 +6,26 @@ a training deployment (the GPU pool); all three commit the same output at the sa
 
 from __future__ import annotations
 
-import accelerate
 import torch
-import transformers
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
-import tasks.completion_eval
-import tasks.training.checkpoint
-import tasks.training.config
-import tasks.training.data
-import tasks.training.evaluation
-import tasks.training.hooks
-import tasks.training.loop
-import tasks.training.loss
-import tasks.training.model
-import tasks.training.prefetch
-import tasks.training.result
-import tasks.training.state
-import tasks.training.trainer
-import tasks.training_run
-from storage.stages import PartInfo, StageRef, StageSpec, StageWriter, committed_ref, load_manifest
+from storage.stages import StageRef, StageWriter, committed_ref, load_manifest
 from storage.store import Store
-from tasks.common import Stage, stage_logger
-from tasks.progress import ProgressArtifact, ProgressCallback
-from tasks.train_launch import launch_training
-from tasks.training.config import EXECUTION_FIELDS, ModelConfig, TrainConfig, check_hardware
-from tasks.training.loop import resolve_mixed_precision
-from tasks.training_run import train_from_shards, training_request
+from tasks.running import commit_stage, stage_logger, stage_task
+from tasks.train import TRAIN
+from tasks.train.build import train_spec, training_request
+from tasks.train.config import ModelConfig, TrainConfig, check_hardware
+from tasks.train.launch import build_training
+from tasks.train.progress import ProgressArtifact
 
 # Seconds between polls of a training run on another worker.
 DEPLOYMENT_POLL_SECONDS = 5
 
-TRAIN = Stage(
-    "train",
-    inputs=("tokens", "tokenizer"),
-    code=(
-        tasks.training_run,
-        tasks.completion_eval,
-        tasks.training.checkpoint,
-        tasks.training.config,
-        tasks.training.data,
-        tasks.training.evaluation,
-        tasks.training.hooks,
-        tasks.training.loop,
-        tasks.training.loss,
-        tasks.training.model,
-        tasks.training.prefetch,
-        tasks.training.result,
-        tasks.training.state,
-        tasks.training.trainer,
-    ),
-    libraries=(torch.__version__, transformers.__version__, accelerate.__version__),
-    sections=("model", "train"),
-)
 
-
-def train_spec(
-    tokens: StageRef, tokenizer: StageRef, model_config: ModelConfig, train_config: TrainConfig
-) -> StageSpec:
-    """Where the model trained on these tokens with these settings lives."""
-    params = {
-        "model": model_config.model_dump(mode="json"),
-        "train": train_config.model_dump(mode="json", exclude=EXECUTION_FIELDS),
-    }
-    return TRAIN.spec(params, {"tokens": tokens, "tokenizer": tokenizer})
-
-
-def build_training(
-    store: Store,
-    tokens: StageRef,
-    tokenizer_ref: StageRef,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    writer: StageWriter,
-    log,
-    on_progress: ProgressCallback | None = None,
-) -> dict:
-    """Train in this process, or in one launched process per GPU when there are several."""
-    processes = train_config.resolved_processes()
-    if processes == 1:
-        return train_from_shards(
-            store, tokens, tokenizer_ref, model_config, train_config, writer, log, on_progress
-        )
-    request = {
-        **training_request(tokens, tokenizer_ref, model_config, train_config, store.url),
-        "stage": writer.stage,
-        "key": writer.key,
-    }
-    outcome = launch_training(
-        request, processes, resolve_mixed_precision(train_config.mixed_precision), log, on_progress
-    )
-    writer.parts.update({n: PartInfo.model_validate(i) for n, i in outcome["parts"].items()})
-    return outcome["counts"]
-
-
-@TRAIN.task
+@stage_task(TRAIN)
 def train_model(
     tokens: StageRef,
     tokenizer: StageRef,
@@ -132,7 +54,7 @@ def train_model(
         )
 
     spec = train_spec(tokens, tokenizer, model_config, train_config)
-    return TRAIN.run(store_url, spec, build, log)
+    return commit_stage(TRAIN, store_url, spec, build, log)
 
 
 class TrainingRunError(RuntimeError):
@@ -150,7 +72,7 @@ def read_deployment(name: str) -> DeploymentResponse:
         return client.read_deployment_by_name(name)
 
 
-@TRAIN.task
+@stage_task(TRAIN)
 def train_model_on_deployment(
     tokens: StageRef,
     tokenizer: StageRef,

@@ -15,10 +15,10 @@ import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
-from tasks.training.config import TrainConfig
-from tasks.training.loss import keytoken_weights
-from tasks.training.model import KeyTokenLossModel, parameter_groups
-from tasks.training.state import rng_state, set_rng_state
+from tasks.train.config import TrainConfig
+from tasks.train.loss import keytoken_weights
+from tasks.train.model import KeyTokenLossModel, parameter_groups
+from tasks.train.state import rng_state, set_rng_state
 
 # Share of GPU memory a micro-batch trial may peak at, with the optimizer state added: the
 # rest is headroom for fragmentation and the allocator's own needs.

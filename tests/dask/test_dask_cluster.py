@@ -20,10 +20,10 @@ from flows.data import DataConfig, run_data_stages
 from storage.shards import iter_document_batches, union_members
 from storage.stages import read_manifest
 from storage.store import Store
-from tasks.corpus import CorpusConfig
-from tasks.filtering import FilterConfig
-from tasks.tokenize import TokenizeConfig
-from tasks.tokenizer import TokenizerConfig
+from tasks.corpus.build import CorpusConfig
+from tasks.filter.build import FilterConfig
+from tasks.tokenize.build import TokenizeConfig
+from tasks.tokenizer.build import TokenizerConfig
 from tests.corpus_maker import make_corpus
 from tests.prefect_runs import run_logs, task_runs_within
 
@@ -154,19 +154,22 @@ def test_a_cluster_run_gives_the_same_shards_as_a_run_without_dask(cluster, tmp_
         )
         names = [t.name.rsplit("-", 1)[0] for t in task_runs_within(client, data_run.id)]
         logs = run_logs(client, data_run.id)
-    assert names.count("filter-by-keywords") == on_cluster["groups"]["groups"]
-    assert sum(m.startswith("documents: committed") for m in logs) == on_cluster["groups"]["groups"]
+    assert names.count("filter-group") == on_cluster["groups"]["groups"]
+    assert (
+        sum(m.startswith("filter/groups: committed") for m in logs)
+        == on_cluster["groups"]["groups"]
+    )
     without = run_data_stages(config, str(tmp_path / "b"), "none", {})
     assert on_cluster["groups"]["groups"] >= 8
     assert on_cluster["groups"]["filtered"] == on_cluster["groups"]["groups"]
-    for stage in ("documents", "tokens"):
+    for stage in ("filter", "tokenize"):
         a, b = on_cluster[stage], without[stage]
         assert a.key == b.key
         assert output_digests(Store(str(tmp_path / "a")), a) == output_digests(
             Store(str(tmp_path / "b")), b
         )
     # the near copies sit in another group than their originals, and are dropped
-    documents, store = on_cluster["documents"], Store(str(tmp_path / "a"))
+    documents, store = on_cluster["filter"], Store(str(tmp_path / "a"))
     assert documents.counts["near_duplicates"] >= len(copies)
     kept = {
         t for s in ("train", "valid") for b in iter_document_batches(store, documents, s) for t in b
@@ -196,7 +199,7 @@ def test_adding_files_rebuilds_only_the_new_groups(cluster, tmp_path):
     # a group that kept no file has no tokenize task
     assert 1 <= after["groups"]["tokenized"] <= after["groups"]["filtered"]
     assert after["tokenizer"].key == before["tokenizer"].key
-    assert after["tokens"].counts["train_rows"] > before["tokens"].counts["train_rows"]
+    assert after["tokenize"].counts["train_rows"] > before["tokenize"].counts["train_rows"]
 
 
 def test_a_worker_killed_mid_task_is_survived(cluster, tmp_path):
@@ -211,7 +214,7 @@ def test_a_worker_killed_mid_task_is_survived(cluster, tmp_path):
     def kill_the_busy_worker() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not killed:
-            if len(list(store.local_file("documents").glob("*/_progress/00002*.json"))):
+            if len(list(store.local_file("filter/groups").glob("*/_progress/00002*.json"))):
                 busy = [w for w, keys in cluster.client.processing().items() if keys]
                 pids = cluster.worker_pids()
                 if busy:
@@ -219,14 +222,14 @@ def test_a_worker_killed_mid_task_is_survived(cluster, tmp_path):
                     killed.append(busy[0])
             time.sleep(0.05)
 
-    store.local_file("documents").mkdir(parents=True, exist_ok=True)
+    store.local_file("filter/groups").mkdir(parents=True, exist_ok=True)
     killer = threading.Thread(target=kill_the_busy_worker)
     killer.start()
     survived = run_data_stages(config, store.url, cluster.address, {})
     killer.join()
     assert killed, "no worker was busy filtering when the test looked"
     reference = run_data_stages(config, str(tmp_path / "reference"), "none", {})
-    for stage in ("documents", "tokens"):
+    for stage in ("filter", "tokenize"):
         assert output_digests(store, survived[stage]) == output_digests(
             Store(str(tmp_path / "reference")), reference[stage]
         )

@@ -43,8 +43,8 @@ def test_two_pipeline_runs_at_once_share_one_consistent_store(corpus_dir, tmp_pa
 
     manifests = [f for f in store.list_files("") if f.endswith(MANIFEST_NAME)]
     per_stage = Counter(m.rsplit("/", 2)[0] for m in manifests)
-    groups = per_stage.pop("documents")  # one output per corpus group, and its tokens
-    assert groups >= 2 and per_stage.pop("tokens") == groups
+    groups = per_stage.pop("filter/groups")  # one output per corpus group, and its tokens
+    assert groups >= 2 and per_stage.pop("tokenize/groups") == groups
     assert set(per_stage.values()) == {1} and len(per_stage) == 7  # one output per stage
     report = verify_store(store)  # every part whole and the one its manifest names
     assert report.outputs == 7 + 2 * groups and report.damage == []

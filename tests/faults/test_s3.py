@@ -13,7 +13,9 @@ from flows.cli import main
 from storage.shards import load_token_shards
 from storage.stages import CorruptPartError, StageSpec, load_manifest, run_stage
 from storage.store import Store, StoreError, StoreUnavailableError, set_s3_credentials
-from tasks.tokenize import TOKENIZE, TokenizeConfig, tokenize_documents, tokenize_spec
+from tasks.running import stage_task
+from tasks.tokenize import TOKENIZE
+from tasks.tokenize.build import TokenizeConfig, tokenize_documents, tokenize_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 LOG = logging.getLogger("tests")
@@ -69,7 +71,7 @@ def _tokenize_stage(source, documents_ref, tokenizer_ref, tokenizer, store, prog
     build = partial(tokenize_documents, source, documents_ref, tokenizer, config, progress=progress)
 
     # The pipeline's own task options: I/O faults are retried with backoff.
-    @TOKENIZE.task
+    @stage_task(TOKENIZE, group=True)
     def tokenize_under_test():
         return run_stage(store, spec, build, LOG)
 

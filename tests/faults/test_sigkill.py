@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 
 from storage.stages import CHECKPOINTS_DIR, load_manifest, run_stage
-from tasks.tokenize import TokenizeConfig, tokenize_documents, tokenize_spec
-from tasks.train import train_spec
-from tasks.training.config import ModelConfig, TrainConfig
-from tasks.training_run import train_from_shards
+from tasks.tokenize.build import TokenizeConfig, tokenize_documents, tokenize_spec
+from tasks.train.build import train_from_shards, train_spec
+from tasks.train.config import ModelConfig, TrainConfig
 
 pytestmark = pytest.mark.slow
 LOG = logging.getLogger("tests")

@@ -16,7 +16,7 @@ from flows.config import build_config
 from flows.pipeline import codeparrot_pipeline
 from storage.stages import MANIFEST_NAME
 from storage.store import Store
-from tasks.publish import latest_model, published_folder
+from tasks.publish.build import latest_model, published_folder
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +83,7 @@ def test_pipeline_end_to_end_then_cached(
     # HumanEval ran its first two problems in the sandbox; a tiny model passes neither.
     assert result["humaneval"]["problems"] == 2 and result["humaneval"]["passed"] == 0
     # The periodic validations measured API accuracy: the curve against training tokens.
-    training_rel = result["stages"]["training"][len(store.url) + 1 :]
+    training_rel = result["stages"]["train"][len(store.url) + 1 :]
     history = json.loads(store.read_bytes(f"{training_rel}/history.json"))
     assert [(r["step"], r["tokens"]) for r in history["valid"]] == [
         (15, 15 * 16 * 64),
@@ -97,7 +97,7 @@ def test_pipeline_end_to_end_then_cached(
     assert "perplexity" in card and "# create scatter plot with x, y" in card
     assert "API accuracy@1" in card and "mean income per profession" in card
     assert "HumanEval (sandboxed): pass@1 0.0%" in card and "0 of 2 problems" in card
-    latest = store.read_json("models/codeparrot-ds/LATEST")
+    latest = store.read_json("publish/codeparrot-ds/LATEST")
     assert store.uri(latest["path"]) == result["model_uri"]
 
     generator = pipeline("text-generation", model=str(folder))
@@ -129,9 +129,9 @@ def test_pipeline_end_to_end_then_cached(
         config=_config(corpus_dir, "train.learning_rate=0.005", "publish.force=true"),
         store_url=store.url,
     )
-    for stage in ("corpus", "documents", "tokenizer", "tokens"):
+    for stage in ("corpus", "filter", "tokenizer", "tokenize"):
         assert changed["stages"][stage] == result["stages"][stage]
-    assert changed["stages"]["training"] != result["stages"]["training"]
+    assert changed["stages"]["train"] != result["stages"]["train"]
 
 
 class _Planted:
@@ -196,7 +196,7 @@ def test_cli_print_config(capsys):
 def test_io_errors_are_retried_and_user_errors_are_not(prefect_server):
     from prefect import flow, task
 
-    from tasks.common import retry_on_io_error
+    from tasks.running import retry_on_io_error
 
     calls = {"io": 0, "value": 0}
 
@@ -233,7 +233,7 @@ def test_io_errors_are_retried_and_user_errors_are_not(prefect_server):
 def test_training_on_an_unknown_deployment_says_what_to_do(
     prefect_server, tokens_ref, tokenizer_ref, store, deployment, message
 ):
-    from tasks.train import TrainingRunError, train_model_on_deployment
+    from tasks.train.task import TrainingRunError, train_model_on_deployment
 
     config = _config("unused")
     with pytest.raises(TrainingRunError, match=message):
@@ -245,11 +245,11 @@ def test_training_on_an_unknown_deployment_says_what_to_do(
 def test_the_quality_gate_refuses_a_worse_model_unless_forced(
     prefect_server, corpus_dir, tmp_path, capsys
 ):
-    from tasks.publish import ModelNotPromotedError
+    from tasks.publish.build import ModelNotPromotedError
 
     store = Store(str(tmp_path / "store"))
     first = codeparrot_pipeline(preset="custom", config=_config(corpus_dir), store_url=store.url)
-    latest = store.read_json("models/codeparrot-ds/LATEST")
+    latest = store.read_json("publish/codeparrot-ds/LATEST")
     # Make the current model look much better than any tiny model can be.
     manifest_rel = f"{latest['path']}/{MANIFEST_NAME}"
     manifest = store.read_json(manifest_rel)
@@ -261,7 +261,7 @@ def test_the_quality_gate_refuses_a_worse_model_unless_forced(
     assert main(args) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("codeparrot-ds: error: not promoted: API accuracy") and "100.0%" in last
-    assert store.read_json("models/codeparrot-ds/LATEST")["version"] == latest["version"]
+    assert store.read_json("publish/codeparrot-ds/LATEST")["version"] == latest["version"]
     with pytest.raises(ModelNotPromotedError, match="publish.force=true"):
         codeparrot_pipeline(
             preset="custom", config=build_config(overrides=worse), store_url=store.url
@@ -273,4 +273,4 @@ def test_the_quality_gate_refuses_a_worse_model_unless_forced(
         store_url=store.url,
     )
     assert forced["model_uri"] != first["model_uri"]
-    assert store.uri(store.read_json("models/codeparrot-ds/LATEST")["path"]) == forced["model_uri"]
+    assert store.uri(store.read_json("publish/codeparrot-ds/LATEST")["path"]) == forced["model_uri"]

@@ -33,8 +33,8 @@ from flows.artifacts import (
     MODEL_KEY,
     SAMPLES_KEY,
 )
-from tasks.progress import PROGRESS_KEY
-from tasks.training_run import training_request
+from tasks.train.build import training_request
+from tasks.train.progress import PROGRESS_KEY
 from tests.flows.test_pipeline import _config
 from tests.prefect_runs import child_runs, logs_once, run_logs, task_runs_within, wait_for_run
 
@@ -139,7 +139,7 @@ def test_pipeline_deployment_runs_on_workers_and_reports_to_the_ui(stack, corpus
     assert "](data:image/svg+xml;base64," in artifacts[API_CURVE_KEY].data
     assert "perplexity" in str(artifacts[METRICS_KEY].data)
     assert "# create scatter plot with x, y" in artifacts[SAMPLES_KEY].data
-    assert "/models/codeparrot-ds/" in artifacts[MODEL_KEY].data
+    assert "/publish/codeparrot-ds/" in artifacts[MODEL_KEY].data
 
     nightly = client.read_deployment_by_name("codeparrot-ds-pipeline/nightly")
     [schedule] = nightly.schedules

@@ -34,7 +34,7 @@ from flows.artifacts import (
     MODEL_KEY,
     SAMPLES_KEY,
 )
-from tasks.progress import PROGRESS_KEY
+from tasks.train.progress import PROGRESS_KEY
 from tests.prefect_runs import child_runs, logs_once, run_logs, wait_for_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.ui]
@@ -126,7 +126,7 @@ def test_a_custom_run_from_the_form_trains_on_the_gpu_pool_then_is_reused(page, 
     metrics = ui_stack.client.read_artifacts(flow_run_filter=FlowRunFilter(id={"any_": [again.id]}))
     [table] = [a for a in metrics if a.key == METRICS_KEY]
     values = {row["metric"]: row["value"] for row in json.loads(table.data)}
-    assert values["training stage"].startswith(
+    assert values["train stage"].startswith(
         f"reused from the store: built by flow run {child.name}"
     )
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from storage.store import Store
-from tasks.training.checkpoint import CheckpointStore
-from tasks.training.config import ModelConfig, TrainConfig
-from tasks.training.data import TokenRows
-from tasks.training.hooks import TrainHook
-from tasks.training.loop import make_accelerator, train_model_loop
-from tasks.training.model import build_model, gpt2_config
+from tasks.train.checkpoint import CheckpointStore
+from tasks.train.config import ModelConfig, TrainConfig
+from tasks.train.data import TokenRows
+from tasks.train.hooks import TrainHook
+from tasks.train.loop import make_accelerator, train_model_loop
+from tasks.train.model import build_model, gpt2_config
 
 LOG = logging.getLogger("tests")
 CONFIG = TrainConfig(

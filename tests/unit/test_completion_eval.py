@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from tasks.completion_eval import (
+from tasks.completions import (
     COURSE_CASES,
     api_accuracy,
     build_cases,
@@ -16,7 +16,7 @@ from tasks.completion_eval import (
     greedy_completions,
     passes,
 )
-from tasks.filtering import content_hash
+from tasks.filter.build import content_hash
 
 
 @pytest.mark.parametrize(

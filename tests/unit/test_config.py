@@ -15,7 +15,7 @@ from flows.config import (
     parse_override,
     run_config,
 )
-from tasks.training.config import NeedsGpuError, check_hardware, parameter_count
+from tasks.train.config import NeedsGpuError, check_hardware, parameter_count
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -114,18 +114,11 @@ def test_a_config_file_that_does_not_parse_is_one_clear_line(
 
 def test_every_stage_is_declared_once_with_its_config_sections():
     from flows.config import PipelineConfig
-    from tasks.corpus import CORPUS
-    from tasks.evaluate import EVALUATE
-    from tasks.filtering import FILTER
-    from tasks.publish import PUBLISH
-    from tasks.tokenize import TOKENIZE
-    from tasks.tokenizer import TOKENIZER
-    from tasks.train import TRAIN
+    from tasks.registry import STAGES
 
-    stages = [CORPUS, FILTER, TOKENIZER, TOKENIZE, TRAIN, EVALUATE, PUBLISH]
-    sections = [section for stage in stages for section in stage.config_sections]
-    assert sorted(sections) == sorted(PipelineConfig.model_fields)  # each section, once
-    assert len({stage.name for stage in stages}) == len(stages)
+    sections = [section for stage in STAGES for section in stage.config_sections]
+    assert sections == list(PipelineConfig.model_fields)  # each section once, in pipeline order
+    assert len({stage.name for stage in STAGES}) == len(STAGES)
 
 
 def test_a_run_is_a_preset_with_overrides_on_top():

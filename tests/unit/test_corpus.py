@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from storage.stages import StageSpec, run_stage
-from tasks.corpus import CorpusConfig, CorpusError, ReadStats, iter_documents, take_snapshot
+from tasks.corpus.build import CorpusConfig, CorpusError, ReadStats, iter_documents, take_snapshot
 
 LOG = logging.getLogger("tests")
 
@@ -54,7 +54,7 @@ def test_read_limits_stop_the_stream(corpus_dir, store):
 
 
 def test_default_roots_are_site_packages():
-    from tasks.corpus import default_roots
+    from tasks.corpus.build import default_roots
 
     assert any("site-packages" in root for root in default_roots())
 

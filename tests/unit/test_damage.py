@@ -20,7 +20,7 @@ from storage.stages import (
 )
 from storage.store import DamagedObjectError, Store, StoreFullError
 from storage.verify import repair, verify_store
-from tasks.common import is_transient
+from tasks.running import is_transient
 
 LOG = logging.getLogger("tests")
 SPEC = StageSpec.of("s", {"p": 1}, {}, "v1")
@@ -131,10 +131,10 @@ def test_verify_finds_a_flipped_byte_and_repair_makes_the_next_run_rebuild(store
 
 
 def test_verify_names_a_bad_latest(store):
-    store.write_bytes("models/m/LATEST", b"garbage")
+    store.write_bytes("publish/m/LATEST", b"garbage")
     [damage] = verify_store(store).damage
-    assert (damage.output, damage.name) == ("models/m", "LATEST")
-    assert repair(store, [damage]) == ["models/m/LATEST"]
+    assert (damage.output, damage.name) == ("publish/m", "LATEST")
+    assert repair(store, [damage]) == ["publish/m/LATEST"]
 
 
 @pytest.mark.parametrize(
@@ -148,7 +148,7 @@ def test_verify_names_a_bad_latest(store):
 def test_generate_with_a_damaged_latest_is_one_clear_line(store, capsys, content, message):
     from flows.cli import main
 
-    store.write_bytes("models/codeparrot-ds/LATEST", content)
+    store.write_bytes("publish/codeparrot-ds/LATEST", content)
     assert main(["generate", "x", "--store", store.url]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "rerun the pipeline" in err

@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from tasks.training.data import TokenRows, sequential_batches
-from tasks.training.evaluation import EvalResult, evaluate_loss
+from tasks.train.data import TokenRows, sequential_batches
+from tasks.train.evaluation import EvalResult, evaluate_loss
 
 
 class UniformModel(torch.nn.Module):

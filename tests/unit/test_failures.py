@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from flows.failures import OneLineFailures
-from tasks.corpus import CorpusError
+from tasks.corpus.build import CorpusError
 
 
 class Records(logging.Handler):

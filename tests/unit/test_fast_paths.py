@@ -10,14 +10,14 @@ import pytest
 import torch
 from transformers import get_scheduler
 
-from tasks.training.config import ModelConfig, TrainConfig
-from tasks.training.data import BatchStream, TokenRows
-from tasks.training.hooks import TrainHook
-from tasks.training.loop import make_accelerator, train_model_loop
-from tasks.training.loss import LOGIT_CHUNK_ELEMENTS, keytoken_weights, per_sample_loss
-from tasks.training.model import build_model, gpt2_config, parameter_groups
-from tasks.training.prefetch import StepPrefetcher
-from tasks.training.trainer import (
+from tasks.train.config import ModelConfig, TrainConfig
+from tasks.train.data import BatchStream, TokenRows
+from tasks.train.hooks import TrainHook
+from tasks.train.loop import make_accelerator, train_model_loop
+from tasks.train.loss import LOGIT_CHUNK_ELEMENTS, keytoken_weights, per_sample_loss
+from tasks.train.model import build_model, gpt2_config, parameter_groups
+from tasks.train.prefetch import StepPrefetcher
+from tasks.train.trainer import (
     GPU_MEMORY_SHARE,
     DeviceMemory,
     Trainer,

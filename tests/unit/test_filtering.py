@@ -9,8 +9,8 @@ import pytest
 
 from storage.shards import iter_document_batches
 from storage.stages import StageSpec, StageWriter, run_stage
-from tasks.corpus import CorpusError, Document
-from tasks.filtering import (
+from tasks.corpus.build import CorpusError, Document
+from tasks.filter.build import (
     FilterConfig,
     FilterError,
     contains_any_keyword,
@@ -18,7 +18,7 @@ from tasks.filtering import (
     filter_documents,
     is_validation,
 )
-from tasks.joins import deduplicate
+from tasks.filter.join import deduplicate
 
 
 def test_keyword_rule_is_any_substring():
@@ -169,8 +169,8 @@ LOG = logging.getLogger("tests")
 
 def _filter(store, documents, copies=20, **settings):
     """Filter ``copies`` of each (id, content), each copy under its own folder."""
-    from tasks.corpus import Document
-    from tasks.filtering import FilterConfig, filter_documents
+    from tasks.corpus.build import Document
+    from tasks.filter.build import FilterConfig, filter_documents
 
     docs = [Document(f"{n}/{i}", c) for n in range(copies) for i, c in documents]
 
@@ -217,7 +217,7 @@ def test_each_quality_filter_drops_and_counts_its_files(store):
 
 
 def test_gallery_prose_is_capped_and_the_code_kept(store):
-    from tasks.filtering import cap_comment_runs, line_lengths
+    from tasks.filter.build import cap_comment_runs, line_lengths
 
     text = "# %%\n# A long\n# narrative\n# here\nimport pandas as pd\n# one\nx = 1\n"
     capped, cut = cap_comment_runs(text, 2)

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from flows.data import DaskSettingError, local_workers, resolve_dask_address
-from tasks.groups import cut_by_path, limit_listing, table_fingerprint
+from tasks.corpus.groups import cut_by_path, limit_listing, table_fingerprint
 
 
 def listing(paths: list[str], root: str = "/code", size: int = 100) -> pa.Table:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tasks.training.loss import (
+from tasks.train.loss import (
     LOGIT_CHUNK_ELEMENTS,
     chunked_weighted_loss,
     course_weighted_loss,
@@ -82,7 +82,7 @@ def test_key_tokens_keep_only_single_tokens(tokenizer):
 
 
 def test_empty_and_unknown_key_tokens_are_never_counted(tokenizer):
-    from tasks.training.config import TrainConfig
+    from tasks.train.config import TrainConfig
 
     with pytest.raises(ValueError, match="empty key token"):
         TrainConfig(key_tokens=["plt", ""])

@@ -17,8 +17,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from storage.stages import StageSpec, run_stage
-from tasks.corpus import CorpusConfig, CorpusError, ReadStats, iter_documents, take_snapshot
-from tasks.notebooks import notebook_to_python
+from tasks.corpus.build import CorpusConfig, CorpusError, ReadStats, iter_documents, take_snapshot
+from tasks.corpus.notebooks import notebook_to_python
 
 LOG = logging.getLogger("tests")
 PLOT = "import matplotlib.pyplot as plt\n\nx = [1, 2]\nplt.scatter(x, x)\n"

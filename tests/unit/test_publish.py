@@ -8,7 +8,7 @@ import pytest
 from markdown_it import MarkdownIt
 
 from storage.stages import StageRef, StageSpec, run_stage
-from tasks.publish import model_card
+from tasks.publish.build import model_card
 
 LOG = logging.getLogger("tests")
 HOSTILE = "```\n<script>alert(1)</script>\n| a | b |\n[click](javascript:alert(1))\n````"
@@ -19,7 +19,7 @@ def _sources(store):
     spec = StageSpec.of("train", {"note": HOSTILE}, {}, "t")
     training = run_stage(store, spec, lambda writer: {**counts, "mixed_precision": HOSTILE}, LOG)
     other = StageRef(stage="x", key="0" * 20, counts={"kept<b>": 5})
-    return {"documents": other, "tokens": other, "training": training}
+    return {"filter": other, "tokenize": other, "train": training}
 
 
 def test_the_model_card_escapes_every_embedded_text(store):
@@ -44,7 +44,7 @@ def test_the_model_card_escapes_every_embedded_text(store):
     [
         ("./no/such/folder", "does not exist"),
         ("{empty}", "holds no model (no config.json)"),
-        ("codeparrot-store/models/codeparrot-ds/0123", "does not exist"),  # not a Hub name
+        ("codeparrot-store/publish/codeparrot-ds/0123", "does not exist"),  # not a Hub name
     ],
 )
 def test_generate_with_a_bad_model_folder_is_one_clear_line(tmp_path, capsys, model, message):
@@ -57,7 +57,7 @@ def test_generate_with_a_bad_model_folder_is_one_clear_line(tmp_path, capsys, mo
 
 
 def test_the_gate_compares_api_accuracy_always_and_perplexity_on_the_same_split():
-    from tasks.publish import promotion_refusal
+    from tasks.publish.build import promotion_refusal
 
     current = {"api_accuracy": 0.35, "perplexity": 20.0, "tokenizer": "t/1", "validation": "v/1"}
     same = {"tokenizer": "t/1", "validation": "v/1"}

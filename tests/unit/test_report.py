@@ -49,7 +49,7 @@ def test_metrics_rows_carry_losses_perplexity_throughput_wall_time_and_origins()
     training = {"final_train_loss": 3.0, "tokens_per_second": 14205.7, "train_seconds": 119.85}
     evaluation = {"valid_loss": 3.43, "perplexity": 30.96, "untrained_perplexity": 4167.6}
     rows = report.metrics_rows(
-        {"training": _ref("train", training), "evaluation": _ref("evaluate", evaluation)}, 251.3
+        {"train": _ref("train", training), "evaluate": _ref("evaluate", evaluation)}, 251.3
     )
     values = {r["metric"]: r["value"] for r in rows}
     assert values["validation perplexity"] == "30.96"
@@ -57,7 +57,7 @@ def test_metrics_rows_carry_losses_perplexity_throughput_wall_time_and_origins()
     assert values["training wall time (s)"] == "119.8"
     assert values["pipeline wall time (s), this run"] == "251.3"
     assert values["training processes"] == "n/a"
-    assert values["training stage"] == "built in this run"
+    assert values["train stage"] == "built in this run"
 
 
 def test_metrics_rows_say_which_run_built_a_reused_model():
@@ -70,9 +70,9 @@ def test_metrics_rows_say_which_run_built_a_reused_model():
     )
     values = {
         r["metric"]: r["value"]
-        for r in report.metrics_rows({"training": reused, "evaluation": _ref("evaluate", {})}, 3.1)
+        for r in report.metrics_rows({"train": reused, "evaluate": _ref("evaluate", {})}, 3.1)
     }
-    assert values["training stage"] == (
+    assert values["train stage"] == (
         "reused from the store: built by flow run cerise-bloodhound (1234) at "
         "2026-12-01T13:20:00+00:00"
     )
@@ -81,13 +81,13 @@ def test_metrics_rows_say_which_run_built_a_reused_model():
 
 def test_try_it_command_quotes_the_prompt_and_carries_the_store_settings():
     command = report.try_it_command(
-        "s3://bucket/store/models/m/v1",
+        "s3://bucket/store/publish/m/v1",
         ".venv/bin/codeparrot-ds",
         {"CODEPARROT_S3_ENDPOINT_URL": "http://127.0.0.1:8333"},
     )
     assert command == (
         "CODEPARROT_S3_ENDPOINT_URL=http://127.0.0.1:8333 .venv/bin/codeparrot-ds generate "
-        "'# create scatter plot with x, y' --model s3://bucket/store/models/m/v1"
+        "'# create scatter plot with x, y' --model s3://bucket/store/publish/m/v1"
     )
 
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tasks.humaneval import check_program, load_problems, truncate_completion
-from tasks.sandbox import Limits, run_sandboxed
+from tasks.evaluate.humaneval import check_program, load_problems, truncate_completion
+from tasks.evaluate.sandbox import Limits, run_sandboxed
 
 LIMITS = Limits(timeout_s=3.0, memory_mb=256)
 

@@ -7,7 +7,7 @@ import pytest
 
 from storage.shards import TokenShardWriter, load_token_shards, token_dtype
 from storage.stages import StageRef, StageWriter
-from tasks.tokenize import (
+from tasks.tokenize.build import (
     Packer,
     TokenizeConfig,
     course_chunks,
@@ -62,7 +62,7 @@ def test_course_chunks_drop_short_files_and_tails():
 
 
 def test_shards_round_trip_as_uint16(store):
-    writer = StageWriter(store, "tokens", "0" * 20)
+    writer = StageWriter(store, "tokenize/groups", "0" * 20)
     shards = TokenShardWriter(writer, "train", 8, token_dtype(50_000), rows=3)
     data = np.arange(7 * 8).reshape(7, 8)
     shards.add(data[:5])
@@ -70,9 +70,9 @@ def test_shards_round_trip_as_uint16(store):
     shards.flush()
     assert shards.shard_rows == [3, 3, 1]
     store.write_json(
-        f"tokens/{'0' * 20}/_manifest.json",
+        f"tokenize/groups/{'0' * 20}/_manifest.json",
         {
-            "stage": "tokens",
+            "stage": "tokenize/groups",
             "key": "0" * 20,
             "code_version": "t",
             "params": {},
@@ -82,14 +82,14 @@ def test_shards_round_trip_as_uint16(store):
             "created_at": "now",
         },
     )
-    arrays = load_token_shards(store, StageRef(stage="tokens", key="0" * 20), "train")
+    arrays = load_token_shards(store, StageRef(stage="tokenize/groups", key="0" * 20), "train")
     assert all(a.dtype == np.uint16 for a in arrays)
     assert np.concatenate(arrays).tolist() == data.tolist()
     assert token_dtype(70_000) == np.uint32
 
 
 def test_tokenize_documents_counts_both_splits(tokenizer, documents_ref, data_store):
-    writer = StageWriter(data_store, "tokens", "0" * 20)
+    writer = StageWriter(data_store, "tokenize/groups", "0" * 20)
     config = TokenizeConfig(mode="packed", context_length=32, rows_per_shard=50)
     counts = tokenize_documents(data_store, documents_ref, tokenizer, config, writer)
     for split in ("train", "valid"):
@@ -115,13 +115,13 @@ def _sparse_tokenizer(top_id: int):
 
 
 def test_ids_above_uint16_are_kept_in_uint32_shards(store):
-    from tasks.tokenizer import token_id_bound
+    from tasks.tokenizer.build import token_id_bound
 
     tokenizer = _sparse_tokenizer(70_000)
     assert len(tokenizer) <= 1 << 16  # what the dtype used to be sized from
     bound = token_id_bound(tokenizer)
     assert bound == 70_001
-    writer = StageWriter(store, "tokens", "0" * 20)
+    writer = StageWriter(store, "tokenize/groups", "0" * 20)
     shards = TokenShardWriter(writer, "train", 4, token_dtype(bound), rows=10)
     ids = encode_batch(tokenizer, ["seaborn pandas plt seaborn"])
     shards.add(np.asarray(ids))
@@ -129,14 +129,16 @@ def test_ids_above_uint16_are_kept_in_uint32_shards(store):
     assert shards.dtype == np.uint32
     import pyarrow.ipc as ipc
 
-    table = ipc.open_file(store.local_file(f"tokens/{'0' * 20}/train/shard-00000.arrow")).read_all()
+    table = ipc.open_file(
+        store.local_file(f"tokenize/groups/{'0' * 20}/train/shard-00000.arrow")
+    ).read_all()
     assert table.column("input_ids").to_pylist() == [[70_000, 1, 2, 70_000]]
 
 
 def test_an_id_that_does_not_fit_is_an_error_naming_the_tokenizer(store):
     from storage.shards import TokenRangeError
 
-    writer = StageWriter(store, "tokens", "0" * 20)
+    writer = StageWriter(store, "tokenize/groups", "0" * 20)
     shards = TokenShardWriter(
         writer, "train", 4, np.dtype(np.uint16), rows=10, source="tokenizer 'sparse'"
     )
@@ -150,7 +152,7 @@ def test_the_workers_tokenizer_encodes_as_the_transformers_one(
 ):
     """Tokenize tasks load the stage's tokenizer without transformers: same ids, same bound."""
     from storage.shards import iter_document_batches
-    from tasks.tokenizer import shared_stage_tokenizer, token_id_bound
+    from tasks.tokenizer.build import shared_stage_tokenizer, token_id_bound
 
     light = shared_stage_tokenizer(session_store, tokenizer_ref)
     texts = [
@@ -168,7 +170,7 @@ def test_the_workers_tokenizer_encodes_as_the_transformers_one(
 def test_a_recorded_end_of_text_id_that_is_no_token_is_a_clear_error(
     eos, tokenizer_ref, session_store
 ):
-    from tasks.tokenizer import TokenizerError, shared_stage_tokenizer
+    from tasks.tokenizer.build import TokenizerError, shared_stage_tokenizer
 
     ref = tokenizer_ref.model_copy(update={"counts": {**tokenizer_ref.counts, "eos_token_id": eos}})
     with pytest.raises(TokenizerError, match="end-of-text id .* not one of its tokens; delete"):

@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from storage.stages import StageWriter
-from tasks.tokenizer import (
+from tasks.tokenizer.build import (
     EOS_TOKEN,
     TokenizerConfig,
     TokenizerError,
@@ -48,7 +48,8 @@ def test_a_changed_pretrained_tokenizer_gets_a_new_key(tokenizer_ref, session_st
     import json
     import shutil
 
-    from tasks.tokenizer import TOKENIZER, tokenizer_params
+    from tasks.tokenizer import TOKENIZER
+    from tasks.tokenizer.build import tokenizer_params
 
     folder = tmp_path / "tok"
     shutil.copytree(tokenizer_folder(session_store, tokenizer_ref), folder)

@@ -8,10 +8,9 @@ from functools import partial
 import pytest
 
 from storage.stages import read_part, run_stage
-from tasks.train import build_training, train_spec
-from tasks.train_launch import PROGRESS_MARK, TrainingLaunchError, forward_output
-from tasks.training.config import ModelConfig, TrainConfig
-from tasks.training_run import HISTORY_PART
+from tasks.train.build import HISTORY_PART, train_spec
+from tasks.train.config import ModelConfig, TrainConfig
+from tasks.train.launch import PROGRESS_MARK, TrainingLaunchError, build_training, forward_output
 
 LOG = logging.getLogger("test_train_launch")
 MODEL = ModelConfig(n_layer=1, n_embd=32, n_head=2, dropout=0.0)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.training.config import ModelConfig, TrainConfig
-from tasks.training.data import BatchStream, StreamPosition, TokenRows
-from tasks.training.loop import make_accelerator, train_model_loop
-from tasks.training.loss import course_weighted_loss, normalized_weighted_loss
-from tasks.training.model import build_model, gpt2_config, parameter_groups
+from tasks.train.config import ModelConfig, TrainConfig
+from tasks.train.data import BatchStream, StreamPosition, TokenRows
+from tasks.train.loop import make_accelerator, train_model_loop
+from tasks.train.loss import course_weighted_loss, normalized_weighted_loss
+from tasks.train.model import build_model, gpt2_config, parameter_groups
 
 LOG = logging.getLogger("tests")
 
