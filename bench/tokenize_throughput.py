@@ -18,7 +18,8 @@ from collections import Counter
 from storage.shards import TokenShardWriter, token_dtype
 from storage.stages import StageWriter
 from storage.store import Store
-from tasks.corpus.build import decode_source, default_roots, list_python_files
+from tasks.corpus.build import default_roots, list_python_files
+from tasks.corpus.read import decode_source
 from tasks.tokenize.build import Packer, TokenizeConfig, tokenize_batches
 from tasks.tokenizer.build import token_id_bound, train_bpe_tokenizer
 

@@ -28,7 +28,8 @@ from flows.failures import install_one_line_failures
 from storage.shards import drop_digests
 from storage.stages import StageRef, StageSpec, find_committed
 from storage.store import Store
-from tasks.corpus.build import CorpusConfig, read_groups, read_settings, snapshot_config
+from tasks.corpus.build import CorpusConfig, read_groups, read_settings
+from tasks.corpus.read import snapshot_config
 from tasks.corpus.task import stream_corpus
 from tasks.filter.build import FilterConfig, filter_spec
 from tasks.filter.task import deduplicate_groups, filter_group

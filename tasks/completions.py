@@ -20,7 +20,7 @@ import torch
 from storage.shards import iter_document_batches
 from storage.stages import StageRef
 from storage.store import Store
-from tasks.filter.build import content_hash
+from tasks.filter.dedup import content_hash
 
 # Tokens generated per completion case: enough for one line of code.
 API_MAX_NEW_TOKENS = 24

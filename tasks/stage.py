@@ -55,7 +55,8 @@ def _resolve(module: str | None, level: int, importer: str, is_package: bool) ->
     return ".".join([*base, module] if module else base)
 
 
-def imported_modules(name: str, source: str) -> set[str]:
+@functools.lru_cache(maxsize=1024)
+def imported_modules(name: str, source: str) -> frozenset[str]:
     """The project modules that a module's source imports, anywhere in it (functions too)."""
     is_package = (module_path(name) or Path()).name == "__init__.py"
     found: set[str] = set()
@@ -67,11 +68,11 @@ def imported_modules(name: str, source: str) -> set[str]:
             found.add(base)
             # ``from pkg import mod`` imports a module; ``from mod import name`` a name
             found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {
+    return frozenset(
         module
         for module in found
         if module.split(".")[0] in PROJECT_PACKAGES and module_path(module) is not None
-    }
+    )
 
 
 def _with_parents(module: str) -> list[str]:
@@ -102,6 +103,7 @@ def _is_string_statement(node: ast.stmt) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=1024)
 def normalized_source(source: str) -> str:
     """The code of a module without comments, docstrings or other bare string statements
     (field docstrings too), and without layout: what it does, not how it is worded."""

@@ -54,7 +54,8 @@ def session_store(tmp_path_factory) -> Store:
 @pytest.fixture(scope="session")
 def documents_ref(corpus_dir, session_store) -> StageRef:
     """Filtered documents of the generated corpus, in many small shards."""
-    from tasks.corpus.build import CorpusConfig, iter_documents, take_snapshot
+    from tasks.corpus.build import CorpusConfig, take_snapshot
+    from tasks.corpus.read import iter_documents
     from tasks.filter.build import FilterConfig, filter_documents
 
     config = CorpusConfig(roots=[str(corpus_dir)])

@@ -21,9 +21,10 @@ from pydantic import Field, field_validator
 
 from storage.shards import SPLITS, DocumentShardWriter
 from storage.stages import StageSpec, StageWriter
-from tasks.corpus.build import Document, ReadStats
+from tasks.corpus.build import Document
+from tasks.corpus.read import ReadStats
 from tasks.filter import FILTER
-from tasks.filter.dedup import MinHasher, band_column, index_schema
+from tasks.filter.dedup import MinHasher, band_column, content_hash, index_schema
 from tasks.params import StageParams
 
 DEFAULT_KEYWORDS = ["pandas", "sklearn", "matplotlib", "seaborn"]
@@ -156,12 +157,6 @@ def quality_problem(doc: Document, config: FilterConfig) -> str | None:
 def contains_any_keyword(content: str, keywords: Iterable[str]) -> bool:
     """The course's rule: whether any keyword occurs in the content."""
     return any(keyword in content for keyword in keywords)
-
-
-def content_hash(content: str) -> bytes:
-    """A digest of the content with all runs of whitespace collapsed, for duplicate detection."""
-    normalized = " ".join(content.split())
-    return hashlib.blake2b(normalized.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def is_validation(doc_id: str, valid_fraction: float, seed: int = 0) -> bool:

@@ -131,3 +131,9 @@ def choose_drops(ids: list[str], exact: list[bytes], linker: Linker) -> dict[int
         if kept != item:
             drops[item] = "duplicates" if exact[item] == exact[kept] else "near_duplicates"
     return drops
+
+
+def content_hash(content: str) -> bytes:
+    """A digest of the content with all runs of whitespace collapsed, for duplicate detection."""
+    normalized = " ".join(content.split())
+    return hashlib.blake2b(normalized.encode("utf-8", "surrogatepass"), digest_size=16).digest()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from functools import partial
 
 from storage.stages import StageRef, StageWriter
-from tasks.corpus.build import iter_documents, read_settings, snapshot_config
+from tasks.corpus.build import read_settings
+from tasks.corpus.read import iter_documents, snapshot_config
 from tasks.filter import FILTER
 from tasks.filter.build import FilterConfig, filter_documents, filter_spec
 from tasks.filter.join import deduplicate

@@ -16,7 +16,7 @@ from tasks.completions import (
     greedy_completions,
     passes,
 )
-from tasks.filter.build import content_hash
+from tasks.filter.dedup import content_hash
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from storage.stages import StageSpec, run_stage
-from tasks.corpus.build import CorpusConfig, CorpusError, ReadStats, iter_documents, take_snapshot
+from tasks.corpus.build import CorpusConfig, CorpusError, take_snapshot
+from tasks.corpus.read import ReadStats, iter_documents
 
 LOG = logging.getLogger("tests")
 

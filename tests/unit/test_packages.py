@@ -17,8 +17,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from storage.stages import StageSpec, run_stage
-from tasks.corpus.build import CorpusConfig, CorpusError, ReadStats, iter_documents, take_snapshot
+from tasks.corpus.build import CorpusConfig, CorpusError, take_snapshot
 from tasks.corpus.notebooks import notebook_to_python
+from tasks.corpus.read import ReadStats, iter_documents
 
 LOG = logging.getLogger("tests")
 PLOT = "import matplotlib.pyplot as plt\n\nx = [1, 2]\nplt.scatter(x, x)\n"
