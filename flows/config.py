@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from flows.presets import PRESETS
+from storage.errors import UserError
 from tasks.corpus.build import CorpusConfig
 from tasks.evaluate.build import EvalConfig
 from tasks.filter.build import FilterConfig
@@ -26,7 +27,7 @@ __all__ = ["CUSTOM", "PRESETS", "ConfigError", "PipelineConfig", "build_config",
 CUSTOM = "custom"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file, preset or override is invalid; the message names the field."""
 
 

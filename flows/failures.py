@@ -2,9 +2,9 @@
 
 Prefect logs a failing task's exception with its traceback, then the flow's, then the
 engine's: three tracebacks of about 60 lines around a message that already says what was
-wrong and what to do. For the errors below, which are written for the user, the first record
-becomes that message on one line and the rest go to debug level; other exceptions (bugs) keep
-their tracebacks.
+wrong and what to do. For the error family of ``storage.errors``, written for the user, the
+first record becomes that message on one line and the rest go to debug level; other exceptions
+(bugs) keep their tracebacks.
 """
 
 from __future__ import annotations
@@ -12,40 +12,13 @@ from __future__ import annotations
 import logging
 from collections import deque
 
-from flows.config import ConfigError
-from storage.shards import TokenRangeError
-from storage.store import StoreError, StoreUnavailableError
-from tasks.corpus.build import CorpusError
-from tasks.corpus.package_index import PackageIndexError
-from tasks.evaluate.generation import ModelLoadError, PromptTooLongError
-from tasks.filter.build import FilterError
-from tasks.publish.build import ModelNotPromotedError
-from tasks.tokenizer.build import TokenizerError
-from tasks.train.config import NeedsGpuError
-from tasks.train.launch import TrainingLaunchError
-from tasks.train.task import TrainingRunError
+from storage.errors import RunFailure, UserError
 
-# Errors whose message says what was wrong and what to do: in the user's input or setup...
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError,
-    CorpusError,
-    FilterError,
-    ModelLoadError,
-    NeedsGpuError,
-    PackageIndexError,
-    PromptTooLongError,
-    StoreError,
-    TokenRangeError,
-    TokenizerError,
-)
-# ...or not: the store may come back, a better model may come next night, a training run on
-# another worker failed (its own log says why).
-RUN_ERRORS: tuple[type[BaseException], ...] = (
-    ModelNotPromotedError,
-    StoreUnavailableError,
-    TrainingLaunchError,
-    TrainingRunError,
-)
+# Errors whose message says what was wrong and what to do: in the user's input or setup, or
+# outside it (the store may come back, a better model may come next night, a training run on
+# another worker failed and its own log says why).
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)
+RUN_ERRORS: tuple[type[BaseException], ...] = (RunFailure,)
 CLEAR_ERRORS = USER_ERRORS + RUN_ERRORS
 # The loggers of Prefect's run engines, whose records reach the UI.
 ENGINE_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from storage.errors import UserError
 from storage.stages import (
     Manifest,
     StageRef,
@@ -39,7 +40,7 @@ MEMBERS_PART = "members.json"
 TOKEN_DTYPES = (np.dtype(np.uint16), np.dtype(np.uint32))
 
 
-class TokenRangeError(ValueError):
+class TokenRangeError(UserError, ValueError):
     """A token id does not fit the shard's dtype: the tokenizer emits ids it did not declare."""
 
 

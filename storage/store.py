@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 import fsspec
 
+from storage.errors import RunFailure, UserError
+
 DEFAULT_STORE_URL = "codeparrot-store"
 # Environment variable that overrides the default store URL.
 STORE_URL_ENV = "CODEPARROT_STORE"
@@ -38,11 +40,11 @@ S3_CREDENTIALS_BLOCK_ENV = "CODEPARROT_S3_CREDENTIALS_BLOCK"
 ADDRESSING_STYLES = ("auto", "path", "virtual")
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """A store URL, object or credential could not be used; the message says what to do."""
 
 
-class StoreUnavailableError(ConnectionError):
+class StoreUnavailableError(RunFailure, ConnectionError):
     """The store could not be reached; transient, so tasks retry it with backoff."""
 
 

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from storage.errors import UserError
 from storage.stages import StageRef, StageSpec, StageWriter, read_part
 from storage.store import DamagedObjectError, Store
 from tasks.corpus import CORPUS
@@ -58,7 +59,7 @@ GROUPS_PART = "groups.json"
 HUB_GROUP = "hub"
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """The corpus could not be read or holds nothing usable."""
 
 

@@ -26,6 +26,7 @@ from html.parser import HTMLParser
 from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist_filename
 from packaging.version import Version
 
+from storage.errors import UserError
 from storage.store import DamagedObjectError, Store
 
 DEFAULT_INDEX_URL = "https://pypi.org/simple"
@@ -37,7 +38,7 @@ ARCHIVES_DIR = "archives"
 SDIST_SUFFIXES = (".tar.gz", ".zip")
 
 
-class PackageIndexError(ValueError):
+class PackageIndexError(UserError, ValueError):
     """The index could not be reached, or holds no usable source distribution."""
 
 

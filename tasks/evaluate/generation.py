@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from transformers import pipeline
 
+from storage.errors import UserError
 
-class PromptTooLongError(ValueError):
+
+class PromptTooLongError(UserError, ValueError):
     """The prompt leaves no room in the model's context for a completion."""
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserError, ValueError):
     """A model folder or name could not be loaded as a text-generation model."""
 
 

@@ -18,6 +18,8 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
+from storage.errors import UserError
+
 # The child's exit status when it could not isolate itself: it then runs nothing.
 NO_SANDBOX_STATUS = 97
 NOBODY = 65534
@@ -69,7 +71,7 @@ exec(compile(tree, "<generated>", "exec"), {"__name__": "__main__"})
 """.replace("NO_SANDBOX_STATUS", str(NO_SANDBOX_STATUS)).replace("NOBODY", str(NOBODY))
 
 
-class SandboxError(RuntimeError):
+class SandboxError(UserError, RuntimeError):
     """This machine cannot isolate generated code, so none is run."""
 
 

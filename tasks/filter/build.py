@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
+from storage.errors import UserError
 from storage.shards import SPLITS, DocumentShardWriter
 from storage.stages import StageSpec, StageWriter
 from tasks.corpus.build import Document
@@ -32,7 +33,7 @@ PROGRESS_EVERY = 2_000  # files read between progress lines
 INDEX_DIR = "index"
 
 
-class FilterError(ValueError):
+class FilterError(UserError, ValueError):
     """The filter left nothing to train or validate on."""
 
 

@@ -21,6 +21,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from pydantic import Field
 from transformers import GenerationConfig
 
+from storage.errors import RunFailure
 from storage.stages import KEY_PATTERN, StageRef, StageSpec, StageWriter, part_folder, read_manifest
 from storage.store import DamagedObjectError, Store, StoreError
 from tasks.completions import percent
@@ -54,7 +55,7 @@ class PublishConfig(StageParams):
 GATE_FIELDS = {"tolerance", "force"}
 
 
-class ModelNotPromotedError(RuntimeError):
+class ModelNotPromotedError(RunFailure):
     """The new model is worse than the current one: stored, but LATEST was not moved."""
 
 

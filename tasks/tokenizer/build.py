@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from storage.errors import UserError
 from storage.shards import iter_document_batches
 from storage.stages import StageRef, StageSpec, StageWriter, part_folder
 from storage.store import Store, StoreError, fetch_folder, open_regular
@@ -44,7 +45,7 @@ TOKENIZER_FILES = {
 TOKENIZER_SUFFIXES = (".model", ".tiktoken")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A tokenizer could not be trained or loaded."""
 
 

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
+from storage.errors import UserError
 from tasks.params import StageParams
 
 DEFAULT_KEY_TOKENS = ["plt", "pd", "sk", "fit", "predict"]
@@ -25,7 +26,7 @@ EXECUTION_FIELDS = {
 CPU_PARAMETER_LIMIT = 50_000_000
 
 
-class NeedsGpuError(ValueError):
+class NeedsGpuError(UserError, ValueError):
     """A large model was to train on a machine without a GPU, and allow_cpu was off."""
 
 

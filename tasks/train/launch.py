@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from storage.errors import RunFailure
 from storage.stages import PartInfo, StageRef, StageWriter
 from storage.store import Store, current_s3_credentials, set_s3_credentials
 from tasks.train.build import train_from_shards, training_request
@@ -35,7 +36,7 @@ from tasks.train.loop import resolve_mixed_precision
 PROGRESS_MARK = "@codeparrot-progress "
 
 
-class TrainingLaunchError(RuntimeError):
+class TrainingLaunchError(RunFailure, RuntimeError):
     """The launched training processes failed."""
 
 

@@ -12,6 +12,7 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
+from storage.errors import RunFailure
 from storage.stages import StageRef, StageWriter, committed_ref, load_manifest
 from storage.store import Store
 from tasks.running import commit_stage, stage_logger, stage_task
@@ -57,7 +58,7 @@ def train_model(
     return commit_stage(TRAIN, store_url, spec, build, log)
 
 
-class TrainingRunError(RuntimeError):
+class TrainingRunError(RunFailure, RuntimeError):
     """The training deployment is missing, or its run did not complete."""
 
 

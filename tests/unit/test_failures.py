@@ -60,3 +60,44 @@ def test_other_exceptions_keep_their_traceback(engine_log):
     logger.error("Task run failed with exception: %r", error, exc_info=error)
     [record] = records
     assert record.exc_info is not None and "KeyError" in record.getMessage()
+
+
+# Raised and caught inside one module, never shown to a user.
+INTERNAL_ERRORS = {"tasks.corpus.notebooks.NotebookError"}
+
+
+def _project_errors():
+    import importlib
+    import inspect
+    import pkgutil
+
+    for package in ("storage", "tasks", "flows"):
+        root = importlib.import_module(package)
+        for info in pkgutil.walk_packages(root.__path__, f"{package}."):
+            module = importlib.import_module(info.name)
+            for _, value in inspect.getmembers(module, inspect.isclass):
+                if issubclass(value, BaseException) and value.__module__ == info.name:
+                    yield value
+
+
+def test_every_error_a_user_can_meet_is_of_the_family_the_cli_and_the_log_filter_know():
+    from flows.failures import CLEAR_ERRORS
+
+    errors = {f"{e.__module__}.{e.__qualname__}": e for e in _project_errors()}
+    assert "tasks.evaluate.sandbox.SandboxError" in errors  # once missing from a hand-kept list
+    outside = sorted(
+        name
+        for name, error in errors.items()
+        if not issubclass(error, CLEAR_ERRORS) and name not in INTERNAL_ERRORS
+    )
+    assert outside == []
+
+
+def test_a_sandbox_error_is_one_line(engine_log):
+    from tasks.evaluate.sandbox import SandboxError
+
+    logger, records = engine_log
+    error = _raise(SandboxError("no network namespace; run where unshare(CLONE_NEWNET) works"))
+    logger.error("Task run failed with exception: %r", error, exc_info=error)
+    [shown] = [r for r in records if r.levelno >= logging.ERROR]
+    assert shown.exc_info is None and shown.getMessage().endswith("(SandboxError)")
