@@ -18,12 +18,9 @@ from prefect.artifacts import (
 from prefect.settings import PREFECT_API_URL
 
 from flows import report
+from storage.settings import Settings, current_settings
 from storage.stages import StageRef, read_part
 from storage.store import (
-    S3_ADDRESSING_ENV,
-    S3_CREDENTIALS_BLOCK_ENV,
-    S3_ENDPOINT_ENV,
-    S3_REGION_ENV,
     Store,
     normalize_store_url,
 )
@@ -84,7 +81,7 @@ def publish_training_report(
 
 
 # Settings of an S3 store that hold no secret, so that the "Try it" command can carry them.
-S3_SETTINGS = (S3_ENDPOINT_ENV, S3_REGION_ENV, S3_ADDRESSING_ENV, "AWS_DEFAULT_REGION")
+S3_SETTINGS = ("s3_endpoint_url", "s3_region", "s3_addressing_style")
 
 
 def command_program() -> str:
@@ -101,9 +98,16 @@ def store_settings(store_url: str, environ: Mapping[str, str]) -> tuple[dict[str
     """(the settings the command needs to read the store, a note on what it cannot carry)."""
     if normalize_store_url(store_url).startswith("file://"):
         return {}, ""
-    settings = {name: environ[name] for name in S3_SETTINGS if environ.get(name)}
-    if block := environ.get(S3_CREDENTIALS_BLOCK_ENV):
-        settings[S3_CREDENTIALS_BLOCK_ENV] = block
+    current = current_settings(environ)
+    settings = {
+        Settings.variable(name): str(getattr(current, name))
+        for name in S3_SETTINGS
+        if environ.get(Settings.variable(name))
+    }
+    if environ.get("AWS_DEFAULT_REGION"):
+        settings["AWS_DEFAULT_REGION"] = environ["AWS_DEFAULT_REGION"]
+    if block := current.s3_credentials_block:
+        settings[Settings.variable("s3_credentials_block")] = block
         settings["PREFECT_API_URL"] = PREFECT_API_URL.value() or ""
         return settings, ""
     return settings, (

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from flows.config import ConfigError
 from flows.failures import install_one_line_failures
+from storage.settings import Settings, current_settings
 from storage.shards import drop_digests
 from storage.stages import StageRef, StageSpec, find_committed
 from storage.store import Store
@@ -39,8 +40,8 @@ from tasks.tokenize.task import join_token_groups, tokenize_group
 from tasks.tokenizer.build import TokenizerConfig
 from tasks.tokenizer.task import train_tokenizer
 
-DASK_ADDRESS_ENV = "CODEPARROT_DASK_ADDRESS"
-DASK_WORKERS_ENV = "CODEPARROT_DASK_WORKERS"
+DASK_ADDRESS_ENV = Settings.variable("dask_address")
+DASK_WORKERS_ENV = Settings.variable("dask_workers")
 # Run the group tasks in the flow's own process (Prefect's thread pool), without Dask.
 NO_DASK = "none"
 
@@ -70,8 +71,8 @@ def resolve_dask_address(address: str | None, environ: Mapping[str, str]) -> tup
     """Where the group tasks run: a scheduler address, ``local`` or ``none``; and why."""
     if address:
         chosen, source = address, "the run's dask_address"
-    elif environ.get(DASK_ADDRESS_ENV):
-        chosen, source = environ[DASK_ADDRESS_ENV], f"${DASK_ADDRESS_ENV}"
+    elif from_environ := current_settings(environ).dask_address:
+        chosen, source = from_environ, f"${DASK_ADDRESS_ENV}"
     else:
         return "local", "the default"
     chosen = chosen.strip()
@@ -100,12 +101,7 @@ def check_reachable(address: str, timeout: float = 10.0) -> None:
 
 def local_workers(environ: Mapping[str, str]) -> int:
     """Worker processes of the local cluster: ``$CODEPARROT_DASK_WORKERS``, else one per core."""
-    text = environ.get(DASK_WORKERS_ENV, "")
-    if not text:
-        return os.cpu_count() or 1
-    if not text.isdigit() or not 1 <= int(text) <= 1024:
-        raise DaskSettingError(f"${DASK_WORKERS_ENV}={text!r} is not a number of workers (1-1024)")
-    return int(text)
+    return current_settings(environ).dask_workers or os.cpu_count() or 1
 
 
 def data_task_runner(address: str, environ: Mapping[str, str]):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-ROUTE_ENV = "CODEPARROT_TRAINING_DEPLOYMENT"
+from storage.settings import Settings, current_settings
+
+ROUTE_ENV = Settings.variable("training_deployment")
 LOCAL = "local"
 
 
@@ -22,7 +24,7 @@ def resolve_training_route(
     if value:
         source = "the run's training_deployment parameter"
     else:
-        value = environ.get(ROUTE_ENV, "").strip()
+        value = current_settings(environ).training_deployment or ""
         source = f"${ROUTE_ENV}, the deployment's default route"
         if not value:
             return None, f"no training_deployment parameter and no ${ROUTE_ENV}"

@@ -18,10 +18,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
+from storage.settings import Settings, current_settings
 from storage.store import DamagedObjectError, Store
 
-LOCK_TTL_ENV = "CODEPARROT_LOCK_TTL_SECONDS"
-DEFAULT_TTL_SECONDS = 120.0
+LOCK_TTL_ENV = Settings.variable("lock_ttl_seconds")
 POLL_SECONDS = 1.0
 # A lock object that stays unreadable this long is garbage (a crash mid-write, or planted).
 GARBAGE_SECONDS = 5.0
@@ -44,7 +44,7 @@ class StageLock:
         self.store = store
         self.rel = rel
         self.log = log
-        self.ttl = float(os.environ.get(LOCK_TTL_ENV, DEFAULT_TTL_SECONDS))
+        self.ttl = current_settings().lock_ttl_seconds
         self.owner = uuid.uuid4().hex
         self._stop = threading.Event()
         self._garbage_since: float | None = None

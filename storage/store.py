@@ -25,19 +25,19 @@ from urllib.parse import urlsplit
 import fsspec
 
 from storage.errors import RunFailure, UserError
+from storage.settings import Settings, current_settings
 
-DEFAULT_STORE_URL = "codeparrot-store"
+DEFAULT_STORE_URL = Settings.model_fields["store"].default.removeprefix("./")
 # Environment variable that overrides the default store URL.
-STORE_URL_ENV = "CODEPARROT_STORE"
+STORE_URL_ENV = Settings.variable("store")
 # Where remote objects are copied to be memory-mapped or loaded by libraries that need a folder.
-CACHE_DIR_ENV = "CODEPARROT_CACHE_DIR"
+CACHE_DIR_ENV = Settings.variable("cache_dir")
 # S3 settings, read where the store is opened; credentials come from the usual AWS chain
 # (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws) or a Prefect block.
-S3_ENDPOINT_ENV = "CODEPARROT_S3_ENDPOINT_URL"
-S3_REGION_ENV = "CODEPARROT_S3_REGION"
-S3_ADDRESSING_ENV = "CODEPARROT_S3_ADDRESSING_STYLE"
-S3_CREDENTIALS_BLOCK_ENV = "CODEPARROT_S3_CREDENTIALS_BLOCK"
-ADDRESSING_STYLES = ("auto", "path", "virtual")
+S3_ENDPOINT_ENV = Settings.variable("s3_endpoint_url")
+S3_REGION_ENV = Settings.variable("s3_region")
+S3_ADDRESSING_ENV = Settings.variable("s3_addressing_style")
+S3_CREDENTIALS_BLOCK_ENV = Settings.variable("s3_credentials_block")
 
 
 class StoreError(UserError, RuntimeError):
@@ -80,7 +80,7 @@ def current_s3_credentials() -> dict[str, Any] | None:
 
 def default_store_url() -> str:
     """The store URL of this process: ``$CODEPARROT_STORE``, else ``./codeparrot-store``."""
-    return os.environ.get(STORE_URL_ENV, DEFAULT_STORE_URL)
+    return current_settings().store
 
 
 def normalize_store_url(url: str) -> str:
@@ -114,11 +114,8 @@ def s3_options() -> dict[str, Any]:
 
     Credentials given to ``set_s3_credentials`` win; otherwise botocore's own chain finds them.
     """
-    style = os.environ.get(S3_ADDRESSING_ENV, "auto")
-    if style not in ADDRESSING_STYLES:
-        raise StoreError(
-            f"{S3_ADDRESSING_ENV}={style!r} is invalid; use one of: auto, path, virtual"
-        )
+    settings = current_settings()
+    style = settings.s3_addressing_style
     options: dict[str, Any] = {
         "config_kwargs": {
             "s3": {"addressing_style": style},
@@ -136,9 +133,9 @@ def s3_options() -> dict[str, Any]:
         options["key"] = key
         options["secret"] = os.environ.get("AWS_SECRET_ACCESS_KEY")
         options["token"] = os.environ.get("AWS_SESSION_TOKEN")
-    if endpoint := os.environ.get(S3_ENDPOINT_ENV):
+    if endpoint := settings.s3_endpoint_url:
         options["endpoint_url"] = endpoint
-    if region := os.environ.get(S3_REGION_ENV):
+    if region := settings.s3_region:
         options["client_kwargs"]["region_name"] = region
     if _s3_credentials:
         options.update(_s3_credentials)
@@ -302,7 +299,7 @@ class Store:
             ) from None
 
     def _unavailable(self, rel: str, err: BaseException) -> StoreUnavailableError:
-        where = os.environ.get(S3_ENDPOINT_ENV, "the S3 endpoint")
+        where = current_settings().s3_endpoint_url or "the S3 endpoint"
         return StoreUnavailableError(
             f"cannot reach the store at {where} for {self.uri(rel)} ({err}); "
             "check that the server is up and the endpoint is right"
@@ -464,5 +461,4 @@ def fetch_folder(url: str) -> Path:
 
 def cache_root() -> Path:
     """Where downloads from remote stores are kept (``$CODEPARROT_CACHE_DIR``)."""
-    default = Path.home() / ".cache" / "codeparrot-ds"
-    return Path(os.environ.get(CACHE_DIR_ENV, default))
+    return Path(current_settings().cache_dir).expanduser()

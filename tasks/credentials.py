@@ -8,13 +8,13 @@ at its start and hands the keys to the store layer, which imports no Prefect.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 from prefect.blocks.core import Block
 from pydantic import SecretStr
 
-from storage.store import S3_CREDENTIALS_BLOCK_ENV, StoreError, set_s3_credentials
+from storage.settings import current_settings
+from storage.store import StoreError, set_s3_credentials
 
 
 class S3StoreCredentials(Block):
@@ -52,5 +52,5 @@ def load_s3_credentials(block_name: str) -> dict[str, Any]:
 
 def use_credentials_block() -> None:
     """Give the store the block named by ``$CODEPARROT_S3_CREDENTIALS_BLOCK``, if it is set."""
-    block_name = os.environ.get(S3_CREDENTIALS_BLOCK_ENV)
+    block_name = current_settings().s3_credentials_block
     set_s3_credentials(load_s3_credentials(block_name) if block_name else None)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.exceptions import MissingContextError
 
+from storage.settings import Settings, current_settings
 from storage.stages import StageRef, StageSpec, StageWriter, run_stage
 from storage.store import (
     NOT_TRANSIENT_ERRNOS,
@@ -27,25 +27,19 @@ from storage.store import (
 from tasks.credentials import use_credentials_block
 from tasks.stage import Stage
 
-# Seconds between a stage's attempts after an I/O fault; one retry per entry. The default rides
-# out a store that is down for a few minutes; tests set it short.
-RETRY_DELAYS_ENV = "CODEPARROT_IO_RETRY_DELAYS"
-DEFAULT_RETRY_DELAYS = "5,30,120"
+# The most retries a stage task may take; how many it takes, and after how long, is
+# $CODEPARROT_IO_RETRY_DELAYS, read when a task fails (``storage.settings``).
+MAX_IO_RETRIES = Settings.model_fields["io_retry_delays"].metadata[0].max_length
 
 
-def retry_delays() -> list[float]:
-    """The retry delays from ``$CODEPARROT_IO_RETRY_DELAYS`` (comma-separated seconds)."""
-    text = os.environ.get(RETRY_DELAYS_ENV, DEFAULT_RETRY_DELAYS)
-    try:
-        delays = [float(d) for d in text.split(",") if d.strip()]
-    except ValueError:
-        delays = [-1.0]
-    if any(not 0 <= d <= 3600 for d in delays):
-        raise ValueError(
-            f"{RETRY_DELAYS_ENV}={text!r} is invalid; give comma-separated seconds (0 to 3600) "
-            "like 5,30,120"
-        )
-    return delays
+class CurrentRetryDelays(Sequence[float]):
+    """The retry delays of the settings in force when Prefect asks for one (not at import)."""
+
+    def __getitem__(self, index):
+        return (current_settings().io_retry_delays or [0.0])[index]
+
+    def __len__(self) -> int:
+        return max(1, len(current_settings().io_retry_delays))
 
 
 def stage_logger() -> logging.Logger | logging.LoggerAdapter:
@@ -74,7 +68,10 @@ def is_transient(error: BaseException) -> bool:
 
 
 def retry_on_io_error(task, task_run, state) -> bool:
-    """Prefect retry condition: retry only transient I/O errors (storage, network)."""
+    """Prefect retry condition: retry only transient I/O errors (storage, network), as many
+    times as ``$CODEPARROT_IO_RETRY_DELAYS`` has delays."""
+    if task_run.run_count > len(current_settings().io_retry_delays):
+        return False
     try:
         state.result()
     except Exception as err:  # noqa: BLE001 - classified, not handled
@@ -108,12 +105,11 @@ def stage_task(stage: Stage, group: bool = False) -> Callable[[Callable[..., Any
     """Make a function the stage's Prefect task, named ``{stage}`` (or ``{stage}-group`` for
     its per-group task): never cached by Prefect (the store is the cache), I/O faults retried
     with backoff."""
-    delays = retry_delays()
     return task(
         name=f"{stage.name}-group" if group else stage.name,
         cache_policy=NONE,
-        retries=len(delays),
-        retry_delay_seconds=delays,
+        retries=MAX_IO_RETRIES,
+        retry_delay_seconds=lambda _retries: CurrentRetryDelays(),
         retry_jitter_factor=0.2,
         retry_condition_fn=retry_on_io_error,
     )

@@ -6,6 +6,7 @@ import pyarrow as pa
 import pytest
 
 from flows.data import DaskSettingError, local_workers, resolve_dask_address
+from storage.settings import SettingsError
 from tasks.corpus.groups import cut_by_path, limit_listing, table_fingerprint
 
 
@@ -72,7 +73,7 @@ def test_the_dask_address_comes_from_the_run_then_the_environment():
     assert resolve_dask_address(None, {}) == ("local", "the default")
     with pytest.raises(DaskSettingError, match="is not tcp://host:port"):
         resolve_dask_address("127.0.0.1:8786", {})
-    with pytest.raises(DaskSettingError, match="not a number of workers"):
+    with pytest.raises(SettingsError, match=r"\$CODEPARROT_DASK_WORKERS='-3' is invalid"):
         local_workers({"CODEPARROT_DASK_WORKERS": "-3"})
     assert local_workers({"CODEPARROT_DASK_WORKERS": "3"}) == 3
 
