@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup smoke test lint bench clean stack-up stack-down
+.PHONY: setup smoke test test-fast lint bench clean stack-up stack-down
 
 setup: $(STAMP)
 
@@ -33,8 +33,13 @@ $(CHROMIUM):
 	apt-get install -y --no-install-recommends chromium || \
 		(apt-get update && apt-get install -y --no-install-recommends chromium)
 
+# Everything, as CI runs it (tests/ui needs chromium).
 test: lint $(CHROMIUM)
 	$(BIN)/python -m pytest
+
+# The unit tests that neither train nor launch processes: under two minutes.
+test-fast: lint
+	$(BIN)/python -m pytest -m "unit and not slow"
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py

@@ -23,6 +23,24 @@ from tests.corpus_maker import make_corpus  # noqa: E402
 
 LOG = logging.getLogger("tests")
 
+# Each folder of tests is one cost class; every test carries its folder's marker, so that
+# `pytest -m unit` (make test-fast) selects by cost without a hand-kept list.
+FOLDER_MARKERS = {
+    "unit": "unit",
+    "flows": "flow",
+    "faults": "fault",
+    "dask": "dask",
+    "integration": "integration",
+    "ui": "ui",
+    "bench": "bench",
+}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark each test with its folder's cost class."""
+    for item in items:
+        item.add_marker(FOLDER_MARKERS[item.path.parent.name])
+
 
 @pytest.fixture(autouse=True)
 def group_tasks_in_process(request, monkeypatch):

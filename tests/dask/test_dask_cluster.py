@@ -27,7 +27,7 @@ from tasks.tokenizer.build import TokenizerConfig
 from tests.corpus_maker import make_corpus
 from tests.prefect_runs import run_logs, task_runs_within
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 DASK = str(Path(sys.executable).parent / "dask")
 

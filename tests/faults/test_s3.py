@@ -17,7 +17,7 @@ from tasks.running import stage_task
 from tasks.tokenize import TOKENIZE
 from tasks.tokenize.build import TokenizeConfig, tokenize_documents, tokenize_spec
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = pytest.mark.slow
 LOG = logging.getLogger("tests")
 
 

@@ -37,7 +37,7 @@ from flows.artifacts import (
 from tasks.train.progress import PROGRESS_KEY
 from tests.prefect_runs import child_runs, logs_once, run_logs, wait_for_run
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.ui]
+pytestmark = pytest.mark.slow
 
 RUN_TIMEOUT = 300
 ROUTE_LINE = (

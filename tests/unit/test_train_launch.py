@@ -45,6 +45,7 @@ def test_forward_output_logs_lines_and_hands_over_progress(caplog):
     assert records == [{"step": 3, "total_steps": 12}]
 
 
+@pytest.mark.slow  # launches training processes
 def test_two_processes_train_one_model_and_report_through_the_caller(
     tokens_ref, tokenizer_ref, data_store, caplog
 ):
@@ -77,6 +78,7 @@ def test_two_processes_train_one_model_and_report_through_the_caller(
     assert any(name.startswith("model/") for name in store.list_files(ref.prefix))
 
 
+@pytest.mark.slow  # launches training processes
 def test_a_failing_launched_run_is_an_error_naming_the_fix(tokens_ref, tokenizer_ref, data_store):
     store = data_store
     broken = TRAIN.model_copy(update={"batch_size": 10_000})  # no full optimizer step
