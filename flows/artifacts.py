@@ -27,11 +27,11 @@ from storage.store import (
 from tasks.train.build import HISTORY_PART
 
 DATA_REPORT_KEY = "codeparrot-ds-data-report"
-LOSS_CURVE_KEY = "codeparrot-ds-loss-curve"
-API_CURVE_KEY = "codeparrot-ds-api-accuracy-curve"
-METRICS_KEY = "codeparrot-ds-metrics"
-SAMPLES_KEY = "codeparrot-ds-samples"
-MODEL_KEY = "codeparrot-ds-model"
+LOSS_CURVE_KEY = "codeparrot-ds-train-loss-curve"
+API_CURVE_KEY = "codeparrot-ds-train-api-accuracy-curve"
+METRICS_KEY = "codeparrot-ds-evaluate-metrics"
+SAMPLES_KEY = "codeparrot-ds-evaluate-samples"
+MODEL_KEY = "codeparrot-ds-publish-model"
 
 
 def publish_data_report(

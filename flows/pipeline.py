@@ -143,6 +143,9 @@ def codeparrot_pipeline(
         "scatter_prompt": SCATTER_PROMPT,
         "scatter_completion": samples.get(SCATTER_PROMPT),
         "stages": {name: store.uri(ref.prefix) for name, ref in sources.items()},
+        # Which stages this run found committed rather than built (publish always commits a
+        # reference to its folder, found or built).
+        "reused": {name: ref.reused for name, ref in {**sources, "publish": published}.items()},
     }
 
 

@@ -37,6 +37,8 @@ PROGRESS_DIR = "_progress"
 # Training checkpoints: the train stage keeps and validates these itself.
 CHECKPOINTS_DIR = "_checkpoints"
 LOCK_NAME = "_lock.json"
+# The count that records how many progress records of interrupted attempts a build resumed from.
+RESUMED_COUNT = "resumed_progress_records"
 KEY_LENGTH = 20
 # A stage is a folder name, or two (``publish/codeparrot-ds``); a key is a hex content hash.
 STAGE_PATTERN = r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)?$"
@@ -377,6 +379,9 @@ def _build(store: Store, spec: StageSpec, build: Callable, log: Log, built_by: s
     writer.recover(log)
     log.info("%s: building %s", spec.stage, store.uri(writer.prefix))
     counts = build(writer)
+    if writer.resumed_states:
+        # How the output was made, for whoever reads it: an interrupted attempt's parts kept.
+        counts = {**counts, RESUMED_COUNT: len(writer.resumed_states)}
     manifest = Manifest(
         stage=spec.stage,
         key=spec.key,

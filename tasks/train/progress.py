@@ -11,7 +11,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext, TaskRunContext
 
 # Stable key: every run's progress is a new version of the same artifact.
-PROGRESS_KEY = "codeparrot-ds-training-progress"
+PROGRESS_KEY = "codeparrot-ds-train-progress"
 
 
 def describe_progress(record: dict[str, Any]) -> str:
