@@ -93,13 +93,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _open_store(url: str):
     """The store at ``url``, with S3 credentials from a Prefect block when one is named."""
-    from storage.store import Store, normalize_store_url
+    from tasks.running import open_store
 
-    if not normalize_store_url(url).startswith("file://"):
-        from tasks.credentials import use_credentials_block
-
-        use_credentials_block()
-    return Store(url)
+    return open_store(url)
 
 
 def resolve_model(model: str | None, store_url: str, name: str) -> str:
@@ -116,8 +112,7 @@ def resolve_model(model: str | None, store_url: str, name: str) -> str:
         store = _open_store(store_url)
         return str(published_folder(store, latest_model(store, name)))
     if "://" in model:
-        _open_store(model)  # loads the credentials block, if one is named
-        return str(fetch_folder(model))
+        return str(fetch_folder(model, _open_store(model).credentials))
     if is_local_name(model):
         folder = Path(model).expanduser()
         if not (folder / "config.json").is_file():

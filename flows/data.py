@@ -34,7 +34,7 @@ from tasks.corpus.read import snapshot_config
 from tasks.corpus.task import stream_corpus
 from tasks.filter.build import FilterConfig, filter_spec
 from tasks.filter.task import deduplicate_groups, filter_group
-from tasks.running import stage_logger
+from tasks.running import open_store, stage_logger
 from tasks.tokenize.build import TokenizeConfig, tokenize_spec
 from tasks.tokenize.task import join_token_groups, tokenize_group
 from tasks.tokenizer.build import TokenizerConfig
@@ -57,9 +57,9 @@ ONE_CORE_PER_WORKER = {
 
 # Dask queues a large map on the scheduler and hands a worker its next task when the worker is
 # free; its default saturation (1.1) hands a one-thread worker two at once, so a task can wait
-# behind a long one while another worker sits idle. 1.0 gave the data bench's two workers
-# 1.63x (median of 3 pairs) against 1.56x. The first tasks of a map (up to twice the cluster's
-# threads) are handed out at once all the same.
+# behind a long one while another worker sits idle (docs/data.md; the data bench measures it).
+# The first tasks of a map (up to twice the cluster's threads) are handed out at once all the
+# same.
 SCHEDULER_CONFIG = {"distributed.scheduler.worker-saturation": 1.0}
 
 
@@ -195,7 +195,7 @@ def prepare_data(config: DataConfig, store_url: str) -> dict[str, Any]:
     or load the tokenizer; return the references and how many groups were rebuilt."""
     logging.getLogger("distributed").setLevel(logging.WARNING)
     prepare_workers()
-    store = Store(store_url)
+    store = open_store(store_url)
     corpus = stream_corpus(config.corpus, store_url)
     groups = read_groups(store, corpus)
     settings = read_settings(snapshot_config(store, corpus))

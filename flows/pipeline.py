@@ -16,11 +16,10 @@ from flows.config import CUSTOM, PRESETS, PipelineConfig, describe_overrides, ru
 from flows.data import DataConfig, run_data_stages
 from flows.failures import install_one_line_failures
 from flows.routing import describe_route, resolve_training_route
-from storage.store import Store
 from tasks.evaluate.build import SCATTER_PROMPT
 from tasks.evaluate.task import evaluate_perplexity
 from tasks.publish.task import publish_model
-from tasks.running import open_run_store
+from tasks.running import open_run_store, open_store
 from tasks.train.config import check_hardware
 from tasks.train.task import train_model, train_model_on_deployment
 
@@ -123,7 +122,7 @@ def codeparrot_pipeline(
     # The reports are made whether or not the quality gate promotes the model.
     publishing = publish_model(sources, config.publish, store_url, return_state=True)
     perplexity = evaluation.counts["perplexity"]
-    store = Store(store_url)
+    store = open_store(store_url)
     publish_training_report(store, sources, time.perf_counter() - started)
     published = publishing.result()  # a refused model fails the run here, with the reason
     model_uri = store.uri(published.prefix)

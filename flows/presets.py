@@ -34,7 +34,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "corpus": {
             "source": "packages",
             # The five the course names, then those whose archives add usage code of them
-            # (README: what each brings). pandas ships no examples but stays listed: a later
+            # (docs/data.md: what each brings). pandas ships no examples but stays listed: a later
             # release that does is read.
             "packages": [
                 "matplotlib",

@@ -17,7 +17,7 @@ import os
 import shutil
 import stat
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -61,22 +61,6 @@ NOT_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 # Free space kept in reserve beyond an object's own size before a local write starts.
 FREE_SPACE_MARGIN = 1 << 20
 
-# S3 credentials resolved by the orchestration layer (a Prefect block), for this process only.
-_s3_credentials: dict[str, Any] | None = None
-
-
-def set_s3_credentials(credentials: dict[str, Any] | None) -> None:
-    """Use these s3fs credential arguments (key, secret, token) for every S3 store opened in
-    this process; None goes back to the AWS chain. Flows call this; storage imports no Prefect.
-    """
-    global _s3_credentials
-    _s3_credentials = dict(credentials) if credentials else None
-
-
-def current_s3_credentials() -> dict[str, Any] | None:
-    """The credentials ``set_s3_credentials`` gave this process, for a process it launches."""
-    return dict(_s3_credentials) if _s3_credentials else None
-
 
 def default_store_url() -> str:
     """The store URL of this process: ``$CODEPARROT_STORE``, else ``./codeparrot-store``."""
@@ -109,10 +93,11 @@ def normalize_store_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def s3_options() -> dict[str, Any]:
+def s3_options(credentials: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """s3fs arguments from the environment: endpoint, region, addressing style, credentials.
 
-    Credentials given to ``set_s3_credentials`` win; otherwise botocore's own chain finds them.
+    ``credentials`` (s3fs's key, secret and token, from a Prefect block) win; otherwise
+    botocore's own chain finds them.
     """
     settings = current_settings()
     style = settings.s3_addressing_style
@@ -137,8 +122,8 @@ def s3_options() -> dict[str, Any]:
         options["endpoint_url"] = endpoint
     if region := settings.s3_region:
         options["client_kwargs"]["region_name"] = region
-    if _s3_credentials:
-        options.update(_s3_credentials)
+    if credentials:
+        options.update(credentials)
     return options
 
 
@@ -250,13 +235,16 @@ def _file_blocks(path: str | Path) -> Iterator[bytes]:
 class Store:
     """An object store rooted at a URL; every method takes a path relative to that root."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, credentials: Mapping[str, Any] | None = None) -> None:
         self.url = normalize_store_url(url)
         self.is_local = self.url.startswith("file://")
+        # Given explicitly (a Prefect block's keys) and kept, so that a process this one
+        # launches can be handed the same store; never logged or written.
+        self.credentials = dict(credentials) if credentials and not self.is_local else None
         if self.is_local:
             self.fs, self.root = fsspec.core.url_to_fs(self.url)
         else:
-            self.fs, self.root = fsspec.core.url_to_fs(self.url, **s3_options())
+            self.fs, self.root = fsspec.core.url_to_fs(self.url, **s3_options(credentials))
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
@@ -428,14 +416,14 @@ class Store:
                 self.fs.rm(path, recursive=True)
 
 
-def fetch_folder(url: str) -> Path:
+def fetch_folder(url: str, credentials: Mapping[str, Any] | None = None) -> Path:
     """A local copy of a folder at any URL, for a model or tokenizer from outside the store.
 
     Remote copies are cached under a name made of the URL and the listing (names, sizes,
     ETags), so a folder changed in place is fetched again. Stage outputs are read through
     ``storage.stages.part_folder`` instead, which checks them.
     """
-    store = Store(url)
+    store = Store(url, credentials)
     if store.is_local:
         return Path(store.root)
     with store._errors(""):

@@ -1,8 +1,9 @@
 """S3 credentials kept in a Prefect block, so that workers need no secrets in their environment.
 
 Save once (``S3StoreCredentials(access_key_id=..., secret_access_key=...).save("name")``) and
-set ``CODEPARROT_S3_CREDENTIALS_BLOCK=name`` where the pipeline runs. The flow loads the block
-at its start and hands the keys to the store layer, which imports no Prefect.
+set ``CODEPARROT_S3_CREDENTIALS_BLOCK=name`` where the pipeline runs. The stage tasks load the
+block and hand the keys to each store they open (``Store(url, credentials)``); the store layer
+imports no Prefect and keeps no credentials of its own.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from prefect.blocks.core import Block
 from pydantic import SecretStr
 
 from storage.settings import current_settings
-from storage.store import StoreError, set_s3_credentials
+from storage.store import StoreError
 
 
 class S3StoreCredentials(Block):
@@ -50,7 +51,7 @@ def load_s3_credentials(block_name: str) -> dict[str, Any]:
     return options
 
 
-def use_credentials_block() -> None:
-    """Give the store the block named by ``$CODEPARROT_S3_CREDENTIALS_BLOCK``, if it is set."""
+def block_credentials() -> dict[str, Any] | None:
+    """The keys of the block that ``$CODEPARROT_S3_CREDENTIALS_BLOCK`` names; None if unset."""
     block_name = current_settings().s3_credentials_block
-    set_s3_credentials(load_s3_credentials(block_name) if block_name else None)
+    return load_s3_credentials(block_name) if block_name else None

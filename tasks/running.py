@@ -6,7 +6,6 @@ Prefect caches nothing and no Prefect result record (a pickle) is ever written o
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,7 +23,7 @@ from storage.store import (
     default_store_url,
     normalize_store_url,
 )
-from tasks.credentials import use_credentials_block
+from tasks.credentials import block_credentials
 from tasks.stage import Stage
 
 # The most retries a stage task may take; how many it takes, and after how long, is
@@ -79,26 +78,21 @@ def retry_on_io_error(task, task_run, state) -> bool:
     return False
 
 
+def open_store(store_url: str) -> Store:
+    """The store at ``store_url``, with the S3 keys of the Prefect block that
+    ``$CODEPARROT_S3_CREDENTIALS_BLOCK`` names (loaded once per process), if any."""
+    url = normalize_store_url(store_url)
+    return Store(url, None if url.startswith("file://") else block_credentials())
+
+
 def open_run_store(store_url: str | None) -> str:
     """Check that a run can use its store; return the store's URL.
 
-    None means this process's default store, so a worker's environment can choose it. S3
-    credentials from a Prefect block are loaded here, once per process.
+    None means this process's default store, so a worker's environment can choose it.
     """
     url = normalize_store_url(store_url or default_store_url())
-    if not url.startswith("file://"):
-        use_credentials_block()
-    Store(url).check_access()
+    open_store(url).check_access()
     return url
-
-
-@functools.cache
-def worker_store(store_url: str) -> Store:
-    """The store, for a task that may run in another process than its flow (a Dask worker):
-    S3 credentials from a Prefect block are loaded once per process."""
-    if not store_url.startswith("file://"):
-        use_credentials_block()
-    return Store(store_url)
 
 
 def stage_task(stage: Stage, group: bool = False) -> Callable[[Callable[..., Any]], Any]:
@@ -123,6 +117,6 @@ def commit_stage(
     log: logging.Logger | logging.LoggerAdapter,
 ) -> StageRef:
     """Find the committed output of ``spec``, or build and commit it, recording the flow run."""
-    ref = run_stage(Store(store_url), spec, build, log, current_flow_run())
+    ref = run_stage(open_store(store_url), spec, build, log, current_flow_run())
     log.info("%s: %s", stage.name, ref.counts)
     return ref

@@ -5,10 +5,9 @@ from __future__ import annotations
 from functools import partial
 
 from storage.stages import StageRef
-from storage.store import Store
 from tasks.evaluate import EVALUATE
 from tasks.evaluate.build import EvalConfig, evaluate_model, evaluate_spec
-from tasks.running import commit_stage, stage_logger, stage_task
+from tasks.running import commit_stage, open_store, stage_logger, stage_task
 
 
 @stage_task(EVALUATE)
@@ -23,7 +22,7 @@ def evaluate_perplexity(
     """Validation perplexity (plain loss), API accuracy on held-out code, the course's prompts
     and sample completions of the trained model, each beside an untrained model's."""
     log = stage_logger()
-    store = Store(store_url)
+    store = open_store(store_url)
     build = partial(evaluate_model, store, training, tokens, tokenizer, documents, config, log=log)
     spec = evaluate_spec(training, tokens, tokenizer, documents, config)
     return commit_stage(EVALUATE, store_url, spec, build, log)

@@ -11,7 +11,7 @@ from tasks.filter import FILTER
 from tasks.filter.build import FilterConfig, filter_documents, filter_spec
 from tasks.filter.join import deduplicate
 from tasks.join import join_spec
-from tasks.running import commit_stage, stage_logger, stage_task, worker_store
+from tasks.running import commit_stage, open_store, stage_logger, stage_task
 
 
 @stage_task(FILTER, group=True)
@@ -19,7 +19,7 @@ def filter_group(corpus: StageRef, group: dict, config: FilterConfig, store_url:
     """Filter one group of the corpus: keep data-science files, split them, index them for
     dedup; write Parquet shards to ``filter/groups/{key}``."""
     log = stage_logger()
-    store = worker_store(store_url)
+    store = open_store(store_url)
     name = str(group["name"])
 
     def report(counts: dict[str, int]) -> None:
@@ -37,7 +37,7 @@ def filter_group(corpus: StageRef, group: dict, config: FilterConfig, store_url:
 def deduplicate_groups(groups: list[StageRef], config: FilterConfig, store_url: str) -> StageRef:
     """Drop exact and near duplicates across the corpus's filtered groups (from their small
     indexes) and list the groups as one output: ``filter/{key}``."""
-    store = worker_store(store_url)
+    store = open_store(store_url)
     spec = join_spec(FILTER, groups, config, {})
     log = stage_logger()
     return commit_stage(

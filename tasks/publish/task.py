@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import partial
 
 from storage.stages import StageRef
-from storage.store import Store
 from tasks.publish import PUBLISH
 from tasks.publish.build import (
     ModelNotPromotedError,
@@ -16,7 +15,7 @@ from tasks.publish.build import (
     publish_spec,
     set_latest,
 )
-from tasks.running import commit_stage, stage_logger, stage_task
+from tasks.running import commit_stage, open_store, stage_logger, stage_task
 
 
 # Its output is keyed as any stage's, but the task always runs: it decides whether LATEST moves
@@ -25,7 +24,7 @@ from tasks.running import commit_stage, stage_logger, stage_task
 def publish_model(sources: dict[str, StageRef], config: PublishConfig, store_url: str) -> StageRef:
     """Publish the trained model with its tokenizer and model card; move LATEST to it."""
     log = stage_logger()
-    store = Store(store_url)
+    store = open_store(store_url)
     build = partial(publish_folder, store, sources, config, log=log)
     ref = commit_stage(PUBLISH, store_url, publish_spec(sources, config), build, log)
     current = current_model_counts(store, config.model_name, log)

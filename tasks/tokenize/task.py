@@ -5,7 +5,7 @@ from __future__ import annotations
 from storage.shards import member_drops
 from storage.stages import StageRef, StageWriter
 from tasks.join import join_spec
-from tasks.running import commit_stage, stage_logger, stage_task, worker_store
+from tasks.running import commit_stage, open_store, stage_logger, stage_task
 from tasks.tokenize import TOKENIZE
 from tasks.tokenize.build import TokenizeConfig, tokenize_documents, tokenize_spec
 from tasks.tokenize.join import join_tokens
@@ -23,7 +23,7 @@ def tokenize_group(
     """Tokenize one group's documents, less the duplicates that ``deduplicated`` (the whole
     corpus's dedup) drops from it, into fixed-length rows in Arrow shards."""
     log = stage_logger()
-    store = worker_store(store_url)
+    store = open_store(store_url)
     every = max(1, 20_000 // config.batch_size)
     calls = {"n": 0}
     drops_sha256, skip = member_drops(store, deduplicated, documents)

@@ -6,13 +6,12 @@ The result is a folder that ``AutoTokenizer.from_pretrained(folder)`` loads, wit
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -136,12 +135,13 @@ def is_local_name(name: str) -> bool:
     )
 
 
-def resolve_pretrained(name: str) -> Path:
-    """A local folder holding the named tokenizer: a folder, a store/fsspec URL, or a Hub name
-    (downloaded with ``huggingface_hub``; offline, a clear error)."""
+def resolve_pretrained(name: str, credentials: Mapping[str, Any] | None = None) -> Path:
+    """A local folder holding the named tokenizer: a folder, a store/fsspec URL (read with
+    ``credentials``, the store's S3 keys, if given), or a Hub name (downloaded with
+    ``huggingface_hub``; offline, a clear error)."""
     if "://" in name:
         try:
-            return fetch_folder(name)
+            return fetch_folder(name, credentials)
         except (FileNotFoundError, StoreError) as err:
             raise TokenizerError(f"could not fetch tokenizer {name!r}: {err}") from None
     if is_local_name(name):
@@ -185,11 +185,11 @@ def tokenizer_fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def load_pretrained_tokenizer(name: str):
+def load_pretrained_tokenizer(name: str, credentials: Mapping[str, Any] | None = None):
     """Load a tokenizer from a local folder, a store/fsspec folder URL or a Hub name."""
     from transformers import AutoTokenizer
 
-    folder = resolve_pretrained(name)
+    folder = resolve_pretrained(name, credentials)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as err:
@@ -210,11 +210,14 @@ def token_id_bound(tokenizer) -> int:
 
 
 def build_tokenizer(
-    config: TokenizerConfig, train_texts: Iterator[list[str]], writer: StageWriter
+    config: TokenizerConfig,
+    train_texts: Iterator[list[str]],
+    writer: StageWriter,
+    credentials: Mapping[str, Any] | None = None,
 ) -> dict[str, int]:
     """Train or load the tokenizer and save it as the stage's ``tokenizer/`` folder."""
     if config.pretrained:
-        tokenizer = load_pretrained_tokenizer(config.pretrained)
+        tokenizer = load_pretrained_tokenizer(config.pretrained, credentials)
     else:
         # The tokenizers library parallelises training itself; a forked DataLoader later must
         # not inherit its thread pool, so say so explicitly instead of getting a warning.
@@ -264,10 +267,20 @@ class EncodingTokenizer:
         return self.backend_tokenizer.get_vocab(with_added_tokens=True)
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_backend(store_url: str, prefix: str) -> tuple[Tokenizer, str]:
-    stage, key = prefix.split("/")
-    folder = tokenizer_folder(Store(store_url), StageRef(stage=stage, key=key))
+# Loaded tokenizers of this process, by (store URL, output): a worker loads each one once.
+_BACKENDS: dict[tuple[str, str], tuple[Tokenizer, str]] = {}
+
+
+def _cached_backend(store: Store, ref: StageRef) -> tuple[Tokenizer, str]:
+    if (store.url, ref.prefix) not in _BACKENDS:
+        if len(_BACKENDS) >= 4:
+            _BACKENDS.pop(next(iter(_BACKENDS)))
+        _BACKENDS[store.url, ref.prefix] = _load_backend(store, ref)
+    return _BACKENDS[store.url, ref.prefix]
+
+
+def _load_backend(store: Store, ref: StageRef) -> tuple[Tokenizer, str]:
+    folder = tokenizer_folder(store, ref)
     path = folder / "tokenizer.json"
     try:
         return Tokenizer.from_file(str(path)), str(folder)
@@ -281,7 +294,7 @@ def _cached_backend(store_url: str, prefix: str) -> tuple[Tokenizer, str]:
 def shared_stage_tokenizer(store: Store, ref: StageRef) -> EncodingTokenizer:
     """The encoding part of a committed tokenizer stage; its file is loaded once per process,
     so a worker that tokenizes many groups loads it once. Read-only use only (it is shared)."""
-    backend, folder = _cached_backend(store.url, ref.prefix)
+    backend, folder = _cached_backend(store, ref)
     return EncodingTokenizer(backend, folder, ref.counts.get("eos_token_id"))
 
 
@@ -290,20 +303,23 @@ def tokenizer_folder(store: Store, ref: StageRef) -> Path:
     return part_folder(store, ref, TOKENIZER_DIR)
 
 
-def tokenizer_params(config: TokenizerConfig) -> dict:
+def tokenizer_params(config: TokenizerConfig, credentials: Mapping[str, Any] | None = None) -> dict:
     """The tokenizer stage's parameters: a pretrained tokenizer is keyed by its files' hash,
     not its name, so one changed in place gets a new key."""
     params = config.model_dump(mode="json")
     if config.pretrained:
-        params["pretrained_sha256"] = tokenizer_fingerprint(resolve_pretrained(config.pretrained))
+        folder = resolve_pretrained(config.pretrained, credentials)
+        params["pretrained_sha256"] = tokenizer_fingerprint(folder)
     return params
 
 
-def tokenizer_spec(documents: StageRef, config: TokenizerConfig) -> StageSpec:
+def tokenizer_spec(
+    documents: StageRef, config: TokenizerConfig, credentials: Mapping[str, Any] | None = None
+) -> StageSpec:
     """Where the tokenizer for these documents and settings lives; a loaded tokenizer does not
     depend on our documents, a trained one does."""
     inputs = {} if config.pretrained else {"filter": documents}
-    return TOKENIZER.spec(tokenizer_params(config), inputs)
+    return TOKENIZER.spec(tokenizer_params(config, credentials), inputs)
 
 
 def training_texts(store: Store, documents: StageRef, config: TokenizerConfig) -> Iterator:

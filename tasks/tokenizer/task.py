@@ -5,8 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 from storage.stages import StageRef
-from storage.store import Store
-from tasks.running import commit_stage, stage_logger, stage_task
+from tasks.running import commit_stage, open_store, stage_logger, stage_task
 from tasks.tokenizer import TOKENIZER
 from tasks.tokenizer.build import TokenizerConfig, build_tokenizer, tokenizer_spec, training_texts
 
@@ -14,7 +13,8 @@ from tasks.tokenizer.build import TokenizerConfig, build_tokenizer, tokenizer_sp
 @stage_task(TOKENIZER)
 def train_tokenizer(documents: StageRef, config: TokenizerConfig, store_url: str) -> StageRef:
     """Train a byte-level BPE tokenizer on the training split, or load the configured one."""
-    spec = tokenizer_spec(documents, config)
-    texts = training_texts(Store(store_url), documents, config)
-    build = partial(build_tokenizer, config, texts)
+    store = open_store(store_url)
+    spec = tokenizer_spec(documents, config, store.credentials)
+    texts = training_texts(store, documents, config)
+    build = partial(build_tokenizer, config, texts, credentials=store.credentials)
     return commit_stage(TOKENIZER, store_url, spec, build, stage_logger())

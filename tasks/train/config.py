@@ -62,10 +62,10 @@ class TrainConfig(StageParams):
     """Sequences per forward/backward pass. An optimizer step's rows (batch_size ×
     accumulation on each process) are run in micro-batches of this size; the gradient is the
     same whatever the size. With auto: on a GPU, the largest that fits in its memory (tried
-    at start); on CPU, batch_size (larger ones measured no faster, see the README)."""
+    at start); on CPU, batch_size (larger ones ran no faster; docs/training.md)."""
     compile: bool | Literal["auto"] = "auto"
     """torch.compile the model for training (the chunked loss stays eager, see the loss
-    module). With auto: on for CUDA, off on CPU, where it gained too little (README)."""
+    module). With auto: on for CUDA, off on CPU, where it gained too little (docs/training.md)."""
     learning_rate: float = Field(default=5e-4, gt=0.0, le=1.0)
     """Peak learning rate, reached after warmup."""
     weight_decay: float = Field(default=0.1, ge=0.0)

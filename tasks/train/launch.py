@@ -26,7 +26,7 @@ import torch
 
 from storage.errors import RunFailure
 from storage.stages import PartInfo, StageRef, StageWriter
-from storage.store import Store, current_s3_credentials, set_s3_credentials
+from storage.store import Store
 from tasks.train.build import train_from_shards, training_request
 from tasks.train.config import ModelConfig, TrainConfig
 from tasks.train.hooks import ProgressCallback
@@ -155,7 +155,7 @@ def build_training(
         "key": writer.key,
         # A Prefect block's keys travel in the request file (in a private folder, removed after
         # the run), so the launched processes need neither the Prefect API nor secrets in env.
-        "s3_credentials": current_s3_credentials(),
+        "s3_credentials": store.credentials,
     }
     outcome = launch_training(
         request, processes, resolve_mixed_precision(train_config.mixed_precision), log, on_progress
@@ -178,8 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     log.handlers = [handler]
     log.propagate = False
-    set_s3_credentials(request.get("s3_credentials"))
-    store = Store(request["store_url"])
+    store = Store(request["store_url"], request.get("s3_credentials"))
     writer = StageWriter(store, request["stage"], request["key"])
 
     def print_progress(record: dict[str, Any]) -> None:

@@ -14,8 +14,7 @@ from prefect.exceptions import ObjectNotFound
 
 from storage.errors import RunFailure
 from storage.stages import StageRef, StageWriter, committed_ref, load_manifest
-from storage.store import Store
-from tasks.running import commit_stage, stage_logger, stage_task
+from tasks.running import commit_stage, open_store, stage_logger, stage_task
 from tasks.train import TRAIN
 from tasks.train.build import train_spec, training_request
 from tasks.train.config import ModelConfig, TrainConfig, check_hardware
@@ -49,7 +48,7 @@ def train_model(
             torch.cuda.is_available(),
         )
         on_progress = ProgressArtifact.for_current_run(log)
-        store = Store(store_url)
+        store = open_store(store_url)
         return build_training(
             store, tokens, tokenizer, model_config, train_config, writer, log, on_progress
         )
@@ -88,7 +87,7 @@ def train_model_on_deployment(
     model there, where this task finds it. A model already in the store starts no run.
     """
     log = stage_logger()
-    store = Store(store_url)
+    store = open_store(store_url)
     spec = train_spec(tokens, tokenizer, model_config, train_config)
     manifest = load_manifest(store, spec.stage, spec.key)
     reused = manifest is not None

@@ -38,8 +38,8 @@ class StepOutput:
 
 
 def use_compile(setting: bool | str, device: torch.device) -> bool:
-    """Whether training runs compiled: ``auto`` compiles on CUDA only (README: on this CPU
-    it measured no faster)."""
+    """Whether training runs compiled: ``auto`` compiles on CUDA only (on CPU it ran no
+    faster; docs/training.md)."""
     return device.type == "cuda" if setting == "auto" else bool(setting)
 
 

@@ -12,7 +12,7 @@ import pytest
 from flows.cli import main
 from storage.shards import load_token_shards
 from storage.stages import RESUMED_COUNT, CorruptPartError, StageSpec, load_manifest, run_stage
-from storage.store import Store, StoreError, StoreUnavailableError, set_s3_credentials
+from storage.store import Store, StoreError, StoreUnavailableError
 from tasks.running import stage_task
 from tasks.tokenize import TOKENIZE
 from tasks.tokenize.build import TokenizeConfig, tokenize_documents, tokenize_spec
@@ -182,7 +182,8 @@ def test_two_runs_of_one_stage_at_once_build_it_once(s3_store):
 
 
 def test_credentials_from_a_prefect_block(prefect_server, seaweedfs, s3_store, monkeypatch):
-    from tasks.credentials import S3StoreCredentials, load_s3_credentials, use_credentials_block
+    from tasks.credentials import S3StoreCredentials, load_s3_credentials
+    from tasks.running import open_store
 
     S3StoreCredentials(
         access_key_id=seaweedfs.access_key, secret_access_key=seaweedfs.secret_key
@@ -191,11 +192,13 @@ def test_credentials_from_a_prefect_block(prefect_server, seaweedfs, s3_store, m
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     monkeypatch.setenv("CODEPARROT_S3_CREDENTIALS_BLOCK", "test-s3")
     load_s3_credentials.cache_clear()
-    try:
-        use_credentials_block()
+    with pytest.raises(StoreError, match="no S3 credentials"):  # no keys in the environment
         Store(s3_store.url).check_access()
-        monkeypatch.setenv("CODEPARROT_S3_CREDENTIALS_BLOCK", "no-such-block")
-        with pytest.raises(StoreError, match="no S3 credentials block named 'no-such-block'"):
-            use_credentials_block()
-    finally:
-        set_s3_credentials(None)
+    store = open_store(s3_store.url)  # the block's keys, given to this store alone
+    store.check_access()
+    assert store.credentials["key"] == seaweedfs.access_key
+    with pytest.raises(StoreError, match="no S3 credentials"):  # nothing else was changed
+        Store(s3_store.url).check_access()
+    monkeypatch.setenv("CODEPARROT_S3_CREDENTIALS_BLOCK", "no-such-block")
+    with pytest.raises(StoreError, match="no S3 credentials block named 'no-such-block'"):
+        open_store(s3_store.url)

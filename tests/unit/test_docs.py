@@ -40,10 +40,19 @@ def test_a_task_name_from_the_ui_leads_to_the_module_that_builds_it():
         assert names <= set(stage.task_names) and names, (stage.name, names)
 
 
+def _anchors(doc: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings."""
+    headings = re.findall(r"^#+ (.+)$", doc.read_text(), re.M)
+    return {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
 def test_links_between_the_docs_resolve():
     for doc in DOCS:
-        for target in re.findall(r"\]\(([^)#]+\.md)(?:#[^)]*)?\)", doc.read_text()):
-            assert (doc.parent / target).is_file(), f"{doc.name} links to missing {target}"
+        for target, anchor in re.findall(r"\]\(([^)#:]*\.md)?(?:#([^)]*))?\)", doc.read_text()):
+            linked = doc.parent / target if target else doc
+            assert linked.is_file(), f"{doc.name} links to missing {target}"
+            if anchor:
+                assert anchor in _anchors(linked), f"{doc.name} links to {target}#{anchor}"
 
 
 def test_the_readme_stays_short():
