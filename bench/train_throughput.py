@@ -96,8 +96,17 @@ class _Timer(TrainHook):
         self.warmup, self.steps = warmup, steps
         self.start = self.seconds = 0.0
         self.paused = 0.0
+        self.created = time.perf_counter()
+        self.warmup_seconds = 0.0
+        self.micro_batch_size = 0
+        self.compiled = False
 
     def on_step(self, loop, output) -> None:
+        self.micro_batch_size = loop.trainer.micro_batch_size
+        self.compiled = loop.trainer.compiled
+        if output.step == self.warmup:  # compilation and the micro-batch trials fall here
+            _synchronize()
+            self.warmup_seconds = time.perf_counter() - self.created
         if output.step in (self.warmup, self.steps):
             _synchronize()
             now, paused = time.perf_counter(), loop.paused_seconds()
@@ -144,6 +153,9 @@ def our_loop(rows, model_settings, train, vocab: int, steps: int, warmup: int, e
         "tokens_per_second": tokens / timer.seconds,
         "checkpoint_share": result.checkpoint_seconds / train_seconds if every else None,
         "checkpoint_wait": result.checkpoint_seconds / max(result.checkpoints, 1),
+        "warmup_seconds": timer.warmup_seconds,
+        "micro_batch_size": timer.micro_batch_size,
+        "compiled": timer.compiled,
     }
 
 
@@ -239,6 +251,13 @@ def main() -> None:
                 params, model_settings.n_layer, model_settings.n_embd, context
             )
             line += f"   MFU {flops / (args.peak_tflops * 1e12):6.1%}"
+        if loop == "ours":
+            first = runs[loop][0]
+            line += (
+                f"   micro-batch {first['micro_batch_size']}, first {args.warmup} step(s) "
+                f"{statistics.median(r['warmup_seconds'] for r in runs[loop]):.1f} s "
+                f"({'compiled' if first['compiled'] else 'eager'})"
+            )
         print(line)
     if args.checkpoint_every:
         share = statistics.median(r["checkpoint_share"] for r in runs["ours"])

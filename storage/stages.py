@@ -37,8 +37,6 @@ PROGRESS_DIR = "_progress"
 # Training checkpoints: the train stage keeps and validates these itself.
 CHECKPOINTS_DIR = "_checkpoints"
 LOCK_NAME = "_lock.json"
-# The count that records how many progress records of interrupted attempts a build resumed from.
-RESUMED_COUNT = "resumed_progress_records"
 KEY_LENGTH = 20
 # A stage is a folder name, or two (``publish/codeparrot-ds``); a key is a hex content hash.
 STAGE_PATTERN = r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)?$"
@@ -63,6 +61,8 @@ class StageRef(BaseModel):
     """Who built the output (a flow run's name and id), as its manifest records."""
     built_at: str = ""
     """When the output was committed (UTC, ISO 8601)."""
+    resumed_progress_records: int = 0
+    """How many progress records of interrupted attempts its build resumed from (0: none)."""
 
     @property
     def prefix(self) -> str:
@@ -103,6 +103,8 @@ class Manifest(BaseModel):
     counts: dict[str, Any]
     created_at: str
     built_by: str = ""
+    resumed_progress_records: int = Field(default=0, ge=0)
+    """How the output was made, not what it holds: the interrupted attempts' records kept."""
 
     @field_validator("parts")
     @classmethod
@@ -371,6 +373,7 @@ def committed_ref(manifest: Manifest, reused: bool = False) -> StageRef:
         reused=reused,
         built_by=manifest.built_by,
         built_at=manifest.created_at,
+        resumed_progress_records=manifest.resumed_progress_records,
     )
 
 
@@ -379,9 +382,6 @@ def _build(store: Store, spec: StageSpec, build: Callable, log: Log, built_by: s
     writer.recover(log)
     log.info("%s: building %s", spec.stage, store.uri(writer.prefix))
     counts = build(writer)
-    if writer.resumed_states:
-        # How the output was made, for whoever reads it: an interrupted attempt's parts kept.
-        counts = {**counts, RESUMED_COUNT: len(writer.resumed_states)}
     manifest = Manifest(
         stage=spec.stage,
         key=spec.key,
@@ -392,6 +392,7 @@ def _build(store: Store, spec: StageSpec, build: Callable, log: Log, built_by: s
         counts=counts,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         built_by=built_by,
+        resumed_progress_records=len(writer.resumed_states),
     )
     store.write_json(f"{writer.prefix}/{MANIFEST_NAME}", manifest.model_dump(mode="json"))
     log.info("%s: committed %s", spec.stage, store.uri(writer.prefix))

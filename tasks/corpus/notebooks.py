@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import warnings
 
-import nbformat
-
 # A markdown cell keeps at most this many lines of this many characters: a heading or a
 # sentence explains the next cell; paragraphs of narrative teach the model prose, not code.
 COMMENT_LINES = 2
@@ -42,6 +40,9 @@ def _code(source: str) -> list[str]:
 
 def notebook_to_python(text: str) -> str:
     """The Python of a notebook: its code cells in order, each markdown cell as comments."""
+    # Imported here: a machine that reads no notebook (a GPU worker) needs no nbformat.
+    import nbformat
+
     try:
         with warnings.catch_warnings():
             # Notebooks in the wild lack cell ids and such: nbformat warns, we only read them.

@@ -3,6 +3,8 @@ the machines are noisy; the benches print them beside their baselines)."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +80,29 @@ def test_data_stages_bench_prints_workers_rerun_memory_and_projection():
     assert "rerun after +5% files" in out and "of the first run's" in out
     assert "peak memory per worker" in out and "4 machines x 16 cores" in out
     assert "to submit a group's task" in out
+
+
+def test_gpu_check_runs_every_step_tiny_where_prefect_is_not_installed(tmp_path, data_store):
+    from tests.unit.test_prefect_boundary import BLOCK
+
+    # Every process the check starts has Prefect, pydantic-settings and datasets missing.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCK)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--cpu-tiny", "--out", str(out)]
+        + ["--data", data_store.url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONPATH": str(site)},
+    )
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"throughput", "compiled_vs_eager", "ds_model"}
+    assert any(line.startswith("our loop") for line in results["throughput"]["lines"])
+    assert results["compiled_vs_eager"]["steps"] == 6
+    assert results["ds_model"]["api_cases"] > 0 and results["ds_model"]["perplexity"] > 1
+    assert {f.name for f in out.iterdir()} >= {"throughput.log", "ds_model.log", "results.json"}

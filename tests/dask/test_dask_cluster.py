@@ -18,7 +18,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from deployments.seaweedfs import HOST, free_ports
 from flows.data import DataConfig, run_data_stages
 from storage.shards import iter_document_batches, union_members
-from storage.stages import MANIFEST_NAME, RESUMED_COUNT, load_manifest, read_manifest
+from storage.stages import MANIFEST_NAME, load_manifest, read_manifest
 from storage.store import Store
 from tasks.corpus.build import CorpusConfig
 from tasks.filter.build import FilterConfig
@@ -235,4 +235,4 @@ def test_a_worker_killed_mid_task_is_survived(cluster, tmp_path):
         )
     # The retry kept the progress the killed attempt had committed: its manifest says so.
     [group] = [f for f in store.list_files("filter/groups") if f.endswith(MANIFEST_NAME)]
-    assert load_manifest(store, "filter/groups", group.split("/")[0]).counts[RESUMED_COUNT] >= 2
+    assert load_manifest(store, "filter/groups", group.split("/")[0]).resumed_progress_records >= 2

@@ -11,7 +11,7 @@ import pytest
 
 from flows.cli import main
 from storage.shards import load_token_shards
-from storage.stages import RESUMED_COUNT, CorruptPartError, StageSpec, load_manifest, run_stage
+from storage.stages import CorruptPartError, StageSpec, load_manifest, run_stage
 from storage.store import Store, StoreError, StoreUnavailableError
 from tasks.running import stage_task
 from tasks.tokenize import TOKENIZE
@@ -115,7 +115,7 @@ def test_server_down_mid_stage_is_retried_until_it_is_back(
             seaweedfs.start()
     assert outage.is_set() and restarted
     assert "cannot reach the store" in caplog.text
-    assert ref.counts[RESUMED_COUNT] >= 1  # the retry kept the parts committed before it
+    assert ref.resumed_progress_records >= 1  # the retry kept the parts committed before it
     reference = _tokenize_stage(session_store, documents_ref, tokenizer_ref, tokenizer, store)[
         1
     ].fn()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage.stages import CHECKPOINTS_DIR, RESUMED_COUNT, load_manifest, run_stage
+from storage.stages import CHECKPOINTS_DIR, load_manifest, run_stage
 from tasks.tokenize.build import TokenizeConfig, tokenize_documents, tokenize_spec
 from tasks.train.build import train_from_shards, train_spec
 from tasks.train.config import ModelConfig, TrainConfig
@@ -70,7 +70,7 @@ def test_tokenize_killed_mid_stage_resumes_to_the_same_result(
 
     with caplog.at_level(logging.INFO):
         resumed = run_stage(store, spec, build, LOG)
-    assert resumed.counts[RESUMED_COUNT] >= 3
+    assert resumed.resumed_progress_records >= 3
     manifest = load_manifest(store, spec.stage, spec.key)
     assert set(kept) <= {n.removeprefix("train/") for n in manifest.parts}
     assert manifest.parts == load_manifest(reference_store, spec.stage, spec.key).parts
