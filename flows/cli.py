@@ -12,10 +12,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from storage.errors import RunFailure
 from storage.store import DEFAULT_STORE_URL, STORE_URL_ENV, default_store_url
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+# How long a run waits for its temporary Prefect server to answer, at the least.
+SERVER_START_S = 180
+
+
+class ServerStartError(RunFailure):
+    """The temporary Prefect server of a plain run did not start in time."""
 
 
 @contextlib.contextmanager
@@ -28,7 +35,11 @@ def prefect_server() -> Iterator[None]:
     stops the server at exit, after its logs are sent; SIGTERM is turned into an exit too
     (``main``), so neither signal leaves the server running.
     """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
 
     if PREFECT_API_URL.value():
         yield
@@ -41,7 +52,16 @@ def prefect_server() -> Iterator[None]:
         # host, so its analytics are off unless the user asked for them.
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         server = SubprocessASGIServer()
-        server.start()  # registers its own stop at exit
+        # Prefect's 20 s default is missed on a loaded machine; a larger setting is kept.
+        timeout = max(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), SERVER_START_S)
+        try:
+            server.start(timeout=timeout)  # registers its own stop at exit
+        except RuntimeError as err:
+            raise ServerStartError(
+                f"the temporary Prefect server did not answer within {timeout} s ({err}); the "
+                "machine may be overloaded: set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS "
+                "higher, or point PREFECT_API_URL at a running server"
+            ) from None
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     with temporary_settings({PREFECT_API_URL: server.api_url}):

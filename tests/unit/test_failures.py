@@ -101,3 +101,22 @@ def test_a_sandbox_error_is_one_line(engine_log):
     logger.error("Task run failed with exception: %r", error, exc_info=error)
     [shown] = [r for r in records if r.levelno >= logging.ERROR]
     assert shown.exc_info is None and shown.getMessage().endswith("(SandboxError)")
+
+
+def test_a_temporary_server_that_starts_slowly_is_waited_for_then_one_line(monkeypatch, capsys):
+    from prefect.server.api import server
+
+    from flows.cli import SERVER_START_S, main
+
+    waited = []
+
+    def start(self, timeout=None):
+        waited.append(timeout)
+        raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.")
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr(server.SubprocessASGIServer, "start", start)
+    assert main(["run", "--preset", "smoke"]) == 1
+    err = capsys.readouterr().err
+    assert waited == [SERVER_START_S] and SERVER_START_S >= 180
+    assert err.count("\n") == 1 and "did not answer within 180 s" in err
