@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from storage.errors import UserError
 
 ENV_PREFIX = "CODEPARROT_"
+# The most retries a stage task may take after transient I/O faults.
+MAX_IO_RETRIES = 8
 
 
 class SettingsError(UserError, ValueError):
@@ -42,7 +44,7 @@ class Settings(BaseModel):
     """The name of a saved ``S3StoreCredentials`` Prefect block to take the S3 keys from."""
     lock_ttl_seconds: float = Field(default=120.0, gt=0, le=86_400)
     """After how long without a heartbeat another machine's stage lock is broken."""
-    io_retry_delays: list[float] = Field(default=[5.0, 30.0, 120.0], max_length=8)
+    io_retry_delays: list[float] = Field(default=[5.0, 30.0, 120.0], max_length=MAX_IO_RETRIES)
     """Seconds between a stage's attempts after a transient I/O fault, one retry each
     (comma-separated, 0 to 3600 each, at most 8; empty: no retry)."""
     dask_address: str | None = None

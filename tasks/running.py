@@ -14,7 +14,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.exceptions import MissingContextError
 
-from storage.settings import Settings, current_settings
+from storage.settings import MAX_IO_RETRIES, current_settings
 from storage.stages import StageRef, StageSpec, StageWriter, run_stage
 from storage.store import (
     NOT_TRANSIENT_ERRNOS,
@@ -26,13 +26,11 @@ from storage.store import (
 from tasks.credentials import block_credentials
 from tasks.stage import Stage
 
-# The most retries a stage task may take; how many it takes, and after how long, is
-# $CODEPARROT_IO_RETRY_DELAYS, read when a task fails (``storage.settings``).
-MAX_IO_RETRIES = Settings.model_fields["io_retry_delays"].metadata[0].max_length
-
 
 class CurrentRetryDelays(Sequence[float]):
-    """The retry delays of the settings in force when Prefect asks for one (not at import)."""
+    """The retry delays of the settings in force when Prefect asks for one (not at import):
+    a task may take up to ``MAX_IO_RETRIES``, and ``retry_on_io_error`` stops it after as many
+    as ``$CODEPARROT_IO_RETRY_DELAYS`` lists."""
 
     def __getitem__(self, index):
         return (current_settings().io_retry_delays or [0.0])[index]
