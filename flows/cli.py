@@ -263,11 +263,12 @@ def _exit_on_sigterm(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``codeparrot-ds``; user errors print one clear message and exit 2."""
-    args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     from flows.failures import RUN_ERRORS, USER_ERRORS
 
     try:
+        # Inside: the parser's defaults read the settings, and a bad variable is one line too.
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except (*USER_ERRORS, FileNotFoundError) as err:
         print(f"codeparrot-ds: error: {err}", file=sys.stderr)

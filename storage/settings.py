@@ -31,28 +31,28 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, use_attribute_docstrings=True, extra="forbid")
 
     store: str = "./codeparrot-store"
-    """The store of a run that names none: a folder or ``s3://bucket/prefix``."""
+    """The store of a run that names none: a folder or `s3://bucket/prefix`."""
     cache_dir: str = "~/.cache/codeparrot-ds"
     """Where parts read from a remote store are cached, under their sha256."""
     s3_endpoint_url: str | None = None
-    """An S3-compatible server, e.g. ``http://127.0.0.1:8333``."""
+    """An S3-compatible server, e.g. `http://127.0.0.1:8333`."""
     s3_region: str | None = None
     """The S3 region name."""
     s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
-    """S3 addressing: ``auto``, ``path`` or ``virtual``."""
+    """S3 addressing: `auto`, `path` or `virtual`."""
     s3_credentials_block: str | None = None
-    """The name of a saved ``S3StoreCredentials`` Prefect block to take the S3 keys from."""
+    """The name of a saved `S3StoreCredentials` Prefect block to take the S3 keys from."""
     lock_ttl_seconds: float = Field(default=120.0, gt=0, le=86_400)
     """After how long without a heartbeat another machine's stage lock is broken."""
     io_retry_delays: list[float] = Field(default=[5.0, 30.0, 120.0], max_length=MAX_IO_RETRIES)
     """Seconds between a stage's attempts after a transient I/O fault, one retry each
     (comma-separated, 0 to 3600 each, at most 8; empty: no retry)."""
     dask_address: str | None = None
-    """The Dask scheduler (``tcp://host:port``) of the group tasks, ``local`` or ``none``."""
+    """The Dask scheduler (`tcp://host:port`) of the group tasks, `local` or `none`."""
     dask_workers: int | None = Field(default=None, ge=1, le=1024)
     """Worker processes of the local Dask cluster (default: one per core)."""
     training_deployment: str | None = None
-    """The deployment that trains (``codeparrot-ds-train/gpu``), or ``local``."""
+    """The deployment that trains (`codeparrot-ds-train/gpu`), or `local`."""
 
     @field_validator("io_retry_delays", mode="before")
     @classmethod

@@ -58,3 +58,12 @@ def test_the_docs_table_of_variables_is_the_settings_model():
     assert list(table) == [Settings.variable(name) for name in Settings.model_fields]
     for name, field in Settings.model_fields.items():
         assert table[Settings.variable(name)] == " ".join(field.description.split())
+
+
+def test_a_bad_variable_is_one_line_from_the_cli(monkeypatch, capsys):
+    from flows.cli import main
+
+    monkeypatch.setenv("CODEPARROT_DASK_WORKERS", "0")
+    assert main(["verify", "--store", "/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "$CODEPARROT_DASK_WORKERS='0' is invalid" in err
