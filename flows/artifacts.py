@@ -35,11 +35,16 @@ MODEL_KEY = "codeparrot-ds-publish-model"
 
 
 def publish_data_report(
-    corpus: StageRef, documents: StageRef, tokens: StageRef, groups: dict[str, int]
+    corpus: StageRef,
+    documents: StageRef,
+    tokens: StageRef,
+    groups: dict[str, int],
+    by_group: dict[str, dict] | None = None,
 ) -> None:
-    """Files seen, skipped and kept, duplicates, tokens and shards, groups rebuilt."""
+    """Files seen, skipped and kept (by kind of document and group), duplicates, tokens and
+    shards, groups rebuilt."""
     create_markdown_artifact(
-        report.data_report(corpus.counts, documents.counts, tokens.counts, groups),
+        report.data_report(corpus.counts, documents.counts, tokens.counts, groups, by_group),
         key=DATA_REPORT_KEY,
         description="What the corpus held and what the filter and tokenizer made of it",
     )

@@ -242,6 +242,10 @@ def prepare_data(config: DataConfig, store_url: str) -> dict[str, Any]:
         "filter": documents,
         "tokenizer": tokenizer,
         "tokenize": tokens,
+        "by_group": {
+            str(group["name"]): ref.counts
+            for group, ref in zip(groups, group_documents, strict=True)
+        },
         "groups": {
             "groups": len(groups),
             "filtered": rebuilt(group_documents),

@@ -101,7 +101,7 @@ def codeparrot_pipeline(
     corpus, documents, tokenizer, tokens = (
         data[name] for name in ("corpus", "filter", "tokenizer", "tokenize")
     )
-    publish_data_report(corpus, documents, tokens, data["groups"])
+    publish_data_report(corpus, documents, tokens, data["groups"], data["by_group"])
     if route:
         training = train_model_on_deployment(
             tokens, tokenizer, config.model, config.train, store_url, route

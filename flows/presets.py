@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+DS_KEYWORDS = [
+    "pandas",
+    "sklearn",
+    "matplotlib",
+    "seaborn",
+    "numpy",
+    "pd.",
+    "np.",
+    "plt.",
+    "sns.",
+]
+
 # Overrides of the defaults (which are the course's). ``smoke`` learns visibly in a few minutes
 # on a 2-core CPU; ``course`` is the course's 124M model on the course's data, for a GPU.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -47,7 +59,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "sktime",
                 "xarray",
                 "yellowbrick",
+                # For their docstring examples and documentation pages (corpus.kinds).
+                "numpy",
+                "scipy",
             ],
+            # Examples and notebooks as they are; library docstrings, documentation pages and
+            # a tenth of the test functions converted to comment -> code usage (docs/data.md).
+            "kinds": ["code", "notebooks", "docstrings", "docs", "tests"],
+            "tests_keep_fraction": 0.1,
             "member_patterns": [
                 "examples/*",
                 "galleries/*",
@@ -60,6 +79,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "filter": {
             "valid_fraction": 0.05,
+            # The course's four, numpy, and the aliases: converted docstrings and tests call
+            # pd., np. and plt. without naming their library.
+            "keywords": DS_KEYWORDS,
             # The codeparrot filters. Generated files here are statsmodels' nbconvert copies of
             # notebooks that are read as notebooks; gallery narrative is capped at two lines
             # of each comment run, the comment -> code pattern of the course's prompts.

@@ -29,11 +29,38 @@ def markdown_table(rows: list[tuple[str, Any]], header: tuple[str, str]) -> str:
     return "\n".join(lines)
 
 
+KINDS = ("code", "notebooks", "docstrings", "docs", "tests")
+
+
+def kinds_table(by_group: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown: the files and kB the filter kept (before dedup) of each kind of document, per
+    group (for a packages corpus, per package) and in all."""
+    present = [k for k in KINDS if any(c.get(f"kept_{k}") for c in by_group.values())]
+    header = " | ".join(f"{kind} files | {kind} kB" for kind in present)
+    lines = [f"| group | {header} |", "|---|" + "---:|" * (2 * len(present))]
+    total: dict[str, int] = {}
+    for name, counts in [*by_group.items(), ("all", total)]:
+        cells = []
+        for kind in present:
+            files, size = counts.get(f"kept_{kind}", 0), counts.get(f"bytes_kept_{kind}", 0)
+            if counts is not total:
+                total[f"kept_{kind}"] = total.get(f"kept_{kind}", 0) + files
+                total[f"bytes_kept_{kind}"] = total.get(f"bytes_kept_{kind}", 0) + size
+            cells += [_number(files), _number(round(size / 1000))]
+        lines.append(f"| {inline_text(name)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def data_report(
-    corpus: dict, documents: dict, tokens: dict, groups: dict[str, int] | None = None
+    corpus: dict,
+    documents: dict,
+    tokens: dict,
+    groups: dict[str, int] | None = None,
+    by_group: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
-    """Markdown: what the corpus held, what the filter kept, what tokenizing made of it, and
-    how many of the corpus's groups this run filtered and tokenized (the rest were reused)."""
+    """Markdown: what the corpus held, what the filter kept (by kind of document, per group
+    when ``by_group`` holds the groups' filter counts), what tokenizing made of it, and how
+    many of the corpus's groups this run filtered and tokenized (the rest were reused)."""
 
     def skipped(counts: dict, when: str) -> list[tuple[str, Any]]:
         return [
@@ -71,6 +98,7 @@ def data_report(
         "# Data report",
         "## Files",
         markdown_table([r for r in files if r[1] is not None], ("", "count")),
+        *(["## Kinds of document kept (before dedup)", kinds_table(by_group)] if by_group else []),
         "## Tokens and shards",
         markdown_table(splits + settings, ("", "count")),
     ]

@@ -31,7 +31,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from storage.errors import UserError
 from storage.stages import StageRef, StageSpec, StageWriter, read_part
@@ -59,6 +59,10 @@ GROUPS_PART = "groups.json"
 HUB_GROUP = "hub"
 
 
+# The kinds of document a source can be read as (``CorpusConfig.kinds``).
+DocumentKind = Literal["code", "notebooks", "docstrings", "docs", "tests"]
+
+
 class CorpusError(UserError, ValueError):
     """The corpus could not be read or holds nothing usable."""
 
@@ -76,6 +80,14 @@ class CorpusConfig(StageParams):
     member_patterns: list[str] = []
     """When source is packages: read only archive members whose path (below the top folder)
     matches one of these globs, for example "examples/*"; empty reads every member."""
+    kinds: list[DocumentKind] = Field(default=["code", "notebooks"], min_length=1)
+    """Which kinds of document are read. code: .py files (packages: the members that match
+    member_patterns); notebooks: .ipynb members as Python; docstrings: the >>> examples of
+    library modules (and, for python_files, of each file beside its code); docs: the Python
+    blocks of doc/ and docs/ pages (.rst, .md, .txt); tests: test functions as usage code."""
+    tests_keep_fraction: float = Field(default=0.2, gt=0.0, le=1.0)
+    """When kinds holds tests: the share of test functions kept, chosen by a hash of each
+    function's identity, so that tests cannot swamp the corpus."""
     roots: list[str] = []
     """Folders searched for Python files (.py); empty means the interpreter's site-packages."""
     data_files: list[str] = []
@@ -100,11 +112,38 @@ class CorpusConfig(StageParams):
     follow_outside_links: bool = False
     """Read files that are symbolic links to places outside every root (skipped when off)."""
 
+    @model_validator(mode="after")
+    def _kinds_fit_the_source(self) -> CorpusConfig:
+        readable = SOURCE_KINDS.get(self.source)
+        if readable is not None and not set(self.kinds) <= readable:
+            unread = sorted(set(self.kinds) - readable)
+            raise ValueError(
+                f"corpus.kinds {unread} cannot be read from a {self.source} source; it reads "
+                f"{sorted(readable)} (packages read every kind)"
+            )
+        return self
+
+
+# The kinds each source can read (a packages source reads all); records are code as they are.
+# Notebooks are allowed everywhere, since the default names them, and met only in archives.
+SOURCE_KINDS = {
+    "python_files": {"code", "notebooks", "docstrings"},
+    "data_files": {"code", "notebooks"},
+    "hub": {"code", "notebooks"},
+}
+
 
 # What decides how a listed group is read, beside the group's own rows: a group's filter output
 # is keyed on these and not on the whole config, so adding a root (which changes ``roots``)
 # does not rebuild the groups of the roots that were there before.
-READ_SETTINGS = ("source", "max_file_bytes", "follow_outside_links", "member_patterns")
+READ_SETTINGS = (
+    "source",
+    "max_file_bytes",
+    "follow_outside_links",
+    "member_patterns",
+    "kinds",
+    "tests_keep_fraction",
+)
 
 
 def read_settings(config: CorpusConfig) -> dict:
@@ -117,10 +156,12 @@ def read_settings(config: CorpusConfig) -> dict:
 
 @dataclass(frozen=True)
 class Document:
-    """One source file: a stable identity (used for the split) and its text."""
+    """One source file: a stable identity (used for the split), its text, and the kind of
+    document it was read as (one of ``DocumentKind``)."""
 
     id: str
     content: str
+    kind: str = "code"
 
 
 def default_roots() -> list[str]:

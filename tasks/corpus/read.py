@@ -7,7 +7,6 @@ of the filter's key, not the corpus's.
 
 from __future__ import annotations
 
-import fnmatch
 import io
 import itertools
 import json
@@ -30,7 +29,7 @@ from tasks.corpus.build import (
     group_part,
     read_groups,
 )
-from tasks.corpus.notebooks import NotebookError, notebook_to_python
+from tasks.corpus.kinds import MEMBER_SUFFIXES, convert, member_kind
 from tasks.corpus.package_index import archive_members, read_archive
 
 
@@ -48,70 +47,74 @@ def decode_source(data: bytes) -> tuple[str | None, str | None]:
         return None, "non_utf8"
 
 
+def _read_local(path: str, real_roots: list[str], config: CorpusConfig) -> tuple[str | None, str]:
+    """A listed file's text, or None and why it is skipped."""
+    # Checked again at read time: the file may have been swapped since the listing.
+    problem, _ = check_file(path, real_roots, config.follow_outside_links)
+    if problem is not None:
+        return None, problem
+    try:
+        with open_regular(path) as f:
+            data = f.read(config.max_file_bytes + 1)
+    except DamagedObjectError:
+        return None, "not_regular"
+    except OSError:
+        return None, "unreadable"
+    if len(data) > config.max_file_bytes:
+        return None, "too_large"
+    text, reason = decode_source(data)
+    return text, reason or ""
+
+
 def _iter_python_files(listing: pa.Table, config: CorpusConfig, stats: ReadStats, skip: int):
+    """Each listed file as code, and (with kind docstrings) its docstring examples as a second
+    document. An entry is one (file, kind): ``skip`` and ``stats["seen"]`` count entries, so a
+    resumed read starts between a file's two documents if that is where it stopped."""
     columns = (listing[name].to_pylist() for name in ("root", "path", "size"))
     real_roots = sorted({os.path.realpath(root) for root in listing["root"].to_pylist()})
-    for root, rel, size in itertools.islice(zip(*columns, strict=True), skip, None):
+    kinds = [kind for kind in ("code", "docstrings") if kind in config.kinds]
+    entries = ((row, kind) for row in zip(*columns, strict=True) for kind in kinds)
+    for (root, rel, size), kind in itertools.islice(entries, skip, None):
         stats["seen"] += 1
-        if size > config.max_file_bytes:
-            stats["skipped_too_large"] += 1
-            continue
-        path = os.path.join(root, rel)
-        # Checked again at read time: the file may have been swapped since the listing.
-        problem, _ = check_file(path, real_roots, config.follow_outside_links)
-        if problem is None:
-            try:
-                with open_regular(path) as f:
-                    data = f.read(config.max_file_bytes + 1)
-            except DamagedObjectError:
-                problem = "not_regular"
-            except OSError:
-                problem = "unreadable"
-        if problem is not None:
-            stats[f"skipped_{problem}"] += 1
-            continue
-        if len(data) > config.max_file_bytes:
-            stats["skipped_too_large"] += 1
-            continue
-        text, reason = decode_source(data)
+        text, problem = None, "too_large"
+        if size <= config.max_file_bytes:
+            text, problem = _read_local(os.path.join(root, rel), real_roots, config)
         if text is None:
-            stats[f"skipped_{reason}"] += 1
+            if kind == kinds[0]:  # a file that cannot be read is counted once
+                stats[f"skipped_{problem}"] += 1
             continue
-        yield Document(id=rel, content=text)
+        if kind != "code" and (text := convert(kind, rel, text, config, set(), stats)) is None:
+            continue
+        yield Document(id=rel if kind == "code" else f"{rel}#{kind}", content=text, kind=kind)
 
 
 def _iter_package_files(
     store: Store, listing: pa.Table, config: CorpusConfig, stats: ReadStats, skip: int
 ):
-    """The ``.py`` and ``.ipynb`` members of each archive; notebooks become Python."""
-    patterns = config.member_patterns
+    """The members of each archive that ``member_kind`` reads, converted to Python."""
 
     def members():
         for row in listing.to_pylist():
             data = read_archive(store, row["sha256"])
-            for path, content in archive_members(data, (".py", ".ipynb"), config.max_file_bytes):
+            for path, content in archive_members(data, MEMBER_SUFFIXES, config.max_file_bytes):
                 inner = path.split("/", 1)[-1]  # below the sdist's one top-level folder
-                if patterns and not any(fnmatch.fnmatch(inner, p) for p in patterns):
-                    continue
-                yield f"{row['package']}-{row['version']}/{inner}", content
+                kind = member_kind(inner, config)
+                if kind is not None:
+                    yield f"{row['package']}-{row['version']}/{inner}", kind, content
 
-    for doc_id, content in itertools.islice(members(), skip, None):
+    seen_blocks: set[bytes] = set()  # across one archive's modules (a group is one archive)
+    for doc_id, kind, content in itertools.islice(members(), skip, None):
         stats["seen"] += 1
         if content is None:
             stats["skipped_too_large"] += 1
             continue
         text, reason = decode_source(content)
-        if text is not None and doc_id.endswith(".ipynb"):
-            try:
-                text, reason = notebook_to_python(text), None
-            except NotebookError:
-                text, reason = None, "bad_notebook"
-            else:
-                stats["notebooks"] += 1
         if text is None:
             stats[f"skipped_{reason}"] += 1
             continue
-        yield Document(id=doc_id, content=text)
+        text = convert(kind, doc_id, text, config, seen_blocks, stats)
+        if text is not None:
+            yield Document(id=doc_id, content=text, kind=kind)
 
 
 def _record_id(record: dict, fallback: str) -> str:

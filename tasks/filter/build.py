@@ -148,6 +148,7 @@ def quality_problem(doc: Document, config: FilterConfig) -> str | None:
         return "dropped_alphanumeric"
     if (
         config.config_or_test_keep_fraction < 1.0
+        and doc.kind == "code"  # test functions read as usage are capped by the corpus
         and is_config_or_test(doc.id, doc.content)
         and _share(doc.id, "config-or-test") >= config.config_or_test_keep_fraction
     ):
@@ -216,7 +217,7 @@ def filter_documents(
         if config.max_comment_run is not None:
             content, cut = cap_comment_runs(doc.content, config.max_comment_run)
             counts["comment_lines_cut"] = counts.get("comment_lines_cut", 0) + cut
-            doc = Document(id=doc.id, content=content)
+            doc = Document(id=doc.id, content=content, kind=doc.kind)
         if not contains_any_keyword(doc.content, config.keywords):
             counts["no_keyword"] += 1
             continue
@@ -236,6 +237,8 @@ def filter_documents(
         shards[split].add(doc.id, doc.content)
         counts["kept"] += 1
         counts["bytes_kept"] += len(doc.content)
+        for name, value in ((f"kept_{doc.kind}", 1), (f"bytes_kept_{doc.kind}", len(doc.content))):
+            counts[name] = counts.get(name, 0) + value
         if shards[split].full:
             flush()
             writer.record_progress(

@@ -138,7 +138,7 @@ def test_the_newest_sdists_are_read_straight_from_their_archives(index, store):
         == "# Scatter\n# Plot x against y.\nplt.scatter(x, y)\n"
     )
     assert stats["skipped_too_large"] == 1 and stats["skipped_bad_notebook"] == 1
-    assert stats["notebooks"] == 1
+    assert stats["notebooks_read"] == 1
 
     downloads = [r for r in _Handler.requests if r.startswith("/files/")]
     assert len(downloads) == 2
@@ -186,3 +186,114 @@ def test_member_patterns_keep_only_usage_code(index, store):
     ids = sorted(d.id for d in iter_documents(store, ref, stats))
     assert ids == ["demo-1.1/examples/plot.py", "demo-1.1/notebooks/intro.ipynb"]
     assert stats["skipped_too_large"] == 0  # data/huge.py is not even looked at
+
+
+LIBRARY_MODULE = b'''def head(df):
+    """First rows.
+
+    Take the first two rows of a frame:
+
+    >>> df = pd.DataFrame({"a": [1, 2, 3]})
+    >>> df.head(2)
+       a
+    0  1
+    """
+'''
+GUIDE_PAGE = b"""Plotting
+========
+
+Draw a scatter plot:
+
+.. code-block:: python
+
+   plt.scatter(df["a"], df["b"])
+"""
+TEST_MODULE = b"""import pandas as pd
+
+
+def test_sum_of_a_column():
+    df = pd.DataFrame({"a": [1, 2]})
+    total = df["a"].sum()
+    assert total == 3
+"""
+
+
+def test_docstrings_doc_pages_and_tests_of_an_archive_become_usage_documents(tmp_path, store):
+    from flows.report import data_report
+    from tasks.filter.build import FilterConfig, filter_documents
+
+    archive = _sdist(
+        "usage-1.0",
+        {
+            "usage/core.py": LIBRARY_MODULE,
+            "usage/tests/test_core.py": TEST_MODULE,
+            "doc/guide.rst": GUIDE_PAGE,
+            "doc/whatsnew/v1.0.rst": GUIDE_PAGE,
+            "examples/plot.py": PLOT.encode(),
+        },
+    )
+    root = tmp_path / "usage-index"
+    (root / "files").mkdir(parents=True)
+    (root / "simple" / "usage").mkdir(parents=True)
+    (root / "files" / "usage-1.0.tar.gz").write_bytes(archive)
+    digest = hashlib.sha256(archive).hexdigest()
+    (root / "simple" / "usage" / "index.html").write_text(
+        f'<a href="../../files/usage-1.0.tar.gz#sha256={digest}">usage-1.0.tar.gz</a>'
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = CorpusConfig(
+            source="packages",
+            packages=["usage"],
+            index_url=f"http://127.0.0.1:{server.server_address[1]}/simple",
+            member_patterns=["examples/*"],
+            kinds=["code", "docstrings", "docs", "tests"],
+            tests_keep_fraction=1.0,
+        )
+        snapshot = take_snapshot(config, store)
+    finally:
+        server.shutdown()
+    params = {"config": config.model_dump(mode="json"), "fingerprint": snapshot.fingerprint()}
+    ref = run_stage(store, StageSpec.of("corpus", params, {}, "t"), snapshot.write, LOG)
+    docs = list(iter_documents(store, ref, ReadStats()))
+    assert {(d.id, d.kind, d.content) for d in docs} == {
+        ("usage-1.0/examples/plot.py", "code", PLOT),
+        (
+            "usage-1.0/usage/core.py",
+            "docstrings",
+            '# Take the first two rows of a frame\ndf = pd.DataFrame({"a": [1, 2, 3]})\n'
+            "df.head(2)\n",
+        ),
+        (
+            "usage-1.0/usage/tests/test_core.py",
+            "tests",
+            '# sum of a column\ndf = pd.DataFrame({"a": [1, 2]})\ntotal = df["a"].sum()\n',
+        ),
+        (
+            "usage-1.0/doc/guide.rst",
+            "docs",
+            '# Draw a scatter plot\nplt.scatter(df["a"], df["b"])\n',
+        ),
+    }
+
+    # The filter keeps the test functions (they are not "test files") and counts each kind.
+    filter_config = FilterConfig(
+        keywords=["pd.", "plt."], valid_fraction=0.01, config_or_test_keep_fraction=0.0
+    )
+    spec = StageSpec.of("filter", {"t": 1}, {}, "t")
+    opened = lambda stats, skip: iter_documents(store, ref, stats, skip)  # noqa: E731
+    counts = run_stage(
+        store, spec, lambda w: filter_documents(opened, filter_config, w), LOG
+    ).counts
+    assert {k: v for k, v in counts.items() if k.startswith("kept")} == {
+        "kept": 4,
+        "kept_code": 1,
+        "kept_docstrings": 1,
+        "kept_docs": 1,
+        "kept_tests": 1,
+    }
+    assert counts["test_functions_seen"] == counts["test_functions_kept"] == 1
+    report = data_report({}, counts, {}, by_group={"usage-1.0": counts})
+    kinds_rows = [line for line in report.splitlines() if line.startswith("| usage-1.0 ")]
+    assert kinds_rows == ["| usage-1.0 | 1 | 0 | 1 | 0 | 1 | 0 | 1 | 0 |"]

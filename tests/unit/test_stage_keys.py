@@ -61,7 +61,9 @@ def _moved_by(module: str) -> set[tuple[str, bool]]:
 def test_a_converter_edit_rebuilds_exactly_the_outputs_that_run_it():
     # The notebook converter decides what documents the filter reads; the corpus stage only
     # lists files. The archive reader serves both: the listing of archives, and their reading.
-    assert _moved_by("tasks.corpus.notebooks") == {("filter", True), ("filter", False)}
+    for converter in ("notebooks", "docstrings", "docpages", "testbodies", "kinds"):
+        moved = _moved_by(f"tasks.corpus.{converter}")
+        assert moved == {("filter", True), ("filter", False)}, converter
     assert _moved_by("tasks.corpus.package_index") == {
         ("corpus", False),
         ("filter", True),
