@@ -19,6 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -90,20 +91,23 @@ def _get(url: str, accept: str = "*/*") -> tuple[bytes, str]:
 
 
 class _Links(HTMLParser):
-    """The anchors of a PEP 503 page: (href, text)."""
+    """The anchors of a PEP 503 page: (href, text, whether it is yanked)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.links: list[tuple[str, str]] = []
+        self.links: list[tuple[str, str, bool]] = []
         self._href: str | None = None
+        self._yanked = False
 
     def handle_starttag(self, tag, attrs):
         if tag == "a":
-            self._href = dict(attrs).get("href")
+            attributes = dict(attrs)
+            self._href = attributes.get("href")
+            self._yanked = "data-yanked" in attributes
 
     def handle_data(self, data):
         if self._href is not None:
-            self.links.append((self._href, data.strip()))
+            self.links.append((self._href, data.strip(), self._yanked))
             self._href = None
 
 
@@ -113,27 +117,44 @@ def project_files(index_url: str, package: str) -> list[dict]:
     body, content_type = _get(page, "application/vnd.pypi.simple.v1+json, text/html;q=0.1")
     files = []
     if "json" in content_type:
-        try:
-            listed = json.loads(body)["files"]
-        except (ValueError, KeyError, TypeError):
-            raise PackageIndexError(f"{page} is not a PEP 691 project page") from None
-        for entry in listed:
-            if entry.get("yanked"):
-                continue
-            files.append(
-                {
-                    "filename": entry["filename"],
-                    "url": urllib.parse.urljoin(page, entry["url"]),
-                    "sha256": (entry.get("hashes") or {}).get("sha256"),
-                }
-            )
-        return files
+        return _json_files(page, body)
     parser = _Links()
     parser.feed(body.decode("utf-8", "replace"))
-    for href, text in parser.links:
+    for href, text, yanked in parser.links:
+        if yanked:  # PEP 592: the HTML page's data-yanked, as the JSON page's "yanked"
+            continue
         url, _, fragment = urllib.parse.urljoin(page, href).partition("#")
         digest = re.fullmatch(r"sha256=([0-9a-f]{64})", fragment)
         files.append({"filename": text, "url": url, "sha256": digest and digest.group(1)})
+    return files
+
+
+def _json_files(page: str, body: bytes) -> list[dict]:
+    """The unyanked files of a PEP 691 JSON page; a page that is not one is a clear error."""
+    problem = f"{page} is not a PEP 691 project page"
+    try:
+        listed = json.loads(body)["files"]
+    except (ValueError, KeyError, TypeError):
+        raise PackageIndexError(problem) from None
+    if not isinstance(listed, list):
+        raise PackageIndexError(f"{problem}: 'files' is not a list")
+    files = []
+    for number, entry in enumerate(listed):
+        if not isinstance(entry, dict) or not all(
+            isinstance(entry.get(key), str) for key in ("filename", "url")
+        ):
+            raise PackageIndexError(f"{problem}: file {number} has no filename and url")
+        if entry.get("yanked"):
+            continue
+        hashes = entry.get("hashes")
+        digest = hashes.get("sha256") if isinstance(hashes, dict) else None
+        files.append(
+            {
+                "filename": entry["filename"],
+                "url": urllib.parse.urljoin(page, entry["url"]),
+                "sha256": digest if isinstance(digest, str) else None,
+            }
+        )
     return files
 
 
@@ -194,28 +215,64 @@ def read_archive(store: Store, sha256: str) -> bytes:
     return data
 
 
+class DamagedArchiveError(PackageIndexError):
+    """An archive that cannot be read to its end: truncated, a bad checksum, or one that
+    inflates past ``MAX_INFLATED_BYTES``."""
+
+
 def archive_members(
     data: bytes, suffixes: tuple[str, ...], max_bytes: int
 ) -> Iterator[tuple[str, bytes | None]]:
     """(path, bytes) of each regular member whose name ends with a suffix; bytes is None for
-    a member over ``max_bytes``. Links, devices and folders in the archive are never read."""
-    if data[:2] == b"PK":
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            for info in archive.infolist():
-                if info.is_dir() or not info.filename.endswith(suffixes):
-                    continue
-                too_big = info.file_size > max_bytes
-                yield info.filename, None if too_big else archive.read(info)
-        return
+    a member over ``max_bytes``. Links, devices and folders in the archive are never read.
+
+    Raises ``DamagedArchiveError`` (naming the member) where the archive cannot be read on,
+    and before inflating past ``MAX_INFLATED_BYTES`` in all: a compression bomb costs no more
+    than that cap's time and never its size in memory.
+    """
+    member = "the archive's index"
+    inflated = 0
     try:
+        if data[:2] == b"PK":
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                for info in archive.infolist():
+                    member = info.filename
+                    if info.is_dir() or not info.filename.endswith(suffixes):
+                        continue
+                    if info.file_size > max_bytes:
+                        yield info.filename, None
+                        continue
+                    inflated = _count_inflated(inflated, info.file_size, member)
+                    yield info.filename, archive.read(info)
+            return
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
-            for member in archive:
-                if not member.isfile() or not member.name.endswith(suffixes):
+            for entry in archive:
+                member = entry.name
+                # Moving past a member inflates it, read or not: its size counts either way.
+                inflated = _count_inflated(inflated, entry.size, member)
+                if not entry.isfile() or not entry.name.endswith(suffixes):
                     continue
-                if member.size > max_bytes:
-                    yield member.name, None
+                if entry.size > max_bytes:
+                    yield entry.name, None
                     continue
-                extracted = archive.extractfile(member)
-                yield member.name, extracted.read() if extracted else None
-    except tarfile.TarError as err:
-        raise PackageIndexError(f"not a readable tar or zip archive ({err})") from None
+                extracted = archive.extractfile(entry)
+                yield entry.name, extracted.read() if extracted else None
+    except DamagedArchiveError:
+        raise
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError) as err:
+        reason = str(err) or type(err).__name__
+        raise DamagedArchiveError(f"damaged at {member} ({reason})") from None
+
+
+# What reading one archive may inflate to, in all: far more than any source distribution.
+MAX_INFLATED_BYTES = 2 << 30
+
+
+def _count_inflated(total: int, size: int, member: str) -> int:
+    total += max(size, 0)
+    if total > MAX_INFLATED_BYTES:
+        raise DamagedArchiveError(
+            f"inflates past {MAX_INFLATED_BYTES:,} bytes at {member}: not a source "
+            "distribution (a compression bomb?)"
+        )
+    return total

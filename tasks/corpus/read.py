@@ -30,7 +30,7 @@ from tasks.corpus.build import (
     read_groups,
 )
 from tasks.corpus.kinds import MEMBER_SUFFIXES, convert, member_kind
-from tasks.corpus.package_index import archive_members, read_archive
+from tasks.corpus.package_index import DamagedArchiveError, archive_members, read_archive
 
 
 class ReadStats(Counter):
@@ -96,15 +96,23 @@ def _iter_package_files(
     def members():
         for row in listing.to_pylist():
             data = read_archive(store, row["sha256"])
-            for path, content in archive_members(data, MEMBER_SUFFIXES, config.max_file_bytes):
-                inner = path.split("/", 1)[-1]  # below the sdist's one top-level folder
-                kind = member_kind(inner, config)
-                if kind is not None:
-                    yield f"{row['package']}-{row['version']}/{inner}", kind, content
+            found = archive_members(data, MEMBER_SUFFIXES, config.max_file_bytes)
+            try:
+                for path, content in found:
+                    inner = path.split("/", 1)[-1]  # below the sdist's one top-level folder
+                    kind = member_kind(inner, config)
+                    if kind is not None:
+                        yield f"{row['package']}-{row['version']}/{inner}", kind, content
+            except DamagedArchiveError:
+                # What came before the damage was read; the rest of the archive cannot be.
+                yield f"{row['package']}-{row['version']}", "damaged", None
 
     seen_blocks: set[bytes] = set()  # across one archive's modules (a group is one archive)
     for doc_id, kind, content in itertools.islice(members(), skip, None):
         stats["seen"] += 1
+        if kind == "damaged":
+            stats["skipped_damaged_archive"] += 1
+            continue
         if content is None:
             stats["skipped_too_large"] += 1
             continue
