@@ -243,7 +243,7 @@ def prepare_data(config: DataConfig, store_url: str) -> dict[str, Any]:
         "tokenizer": tokenizer,
         "tokenize": tokens,
         "by_group": {
-            str(group["name"]): ref.counts
+            str(group.get("label") or group["name"]): ref.counts
             for group, ref in zip(groups, group_documents, strict=True)
         },
         "groups": {

@@ -276,6 +276,13 @@ def resolve_hub_revision(name: str) -> str:
         ) from err
 
 
+def _group_label(group: pa.Table, name: str) -> str:
+    """What a report calls a group: a package archive's package-version, else its name."""
+    if "package" in group.column_names and group.num_rows == 1:
+        return f"{group['package'][0].as_py()}-{group['version'][0].as_py()}"
+    return name
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What a corpus source holds now: a file listing cut into groups, or a Hub dataset at a
@@ -295,6 +302,7 @@ class Snapshot:
         return [
             {
                 "name": f"{index:05d}",
+                "label": _group_label(group, f"{index:05d}"),
                 "fingerprint": table_fingerprint(group),
                 "files": group.num_rows,
                 "bytes": int(pc.sum(group["size"]).as_py() or 0),

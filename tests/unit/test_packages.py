@@ -123,6 +123,7 @@ def test_the_newest_sdists_are_read_straight_from_their_archives(index, store):
     snapshot = take_snapshot(config, store)
     versions = [g.column("version")[0].as_py() for g in snapshot.groups]
     assert versions == ["1.1", "0.1"]  # one group per archive
+    assert [g["label"] for g in snapshot.group_index] == ["demo-1.1", "zipdemo-0.1"]
     params = {"config": config.model_dump(mode="json"), "fingerprint": snapshot.fingerprint()}
     ref = run_stage(store, StageSpec.of("corpus", params, {}, "t"), snapshot.write, LOG)
     stats = ReadStats()
