@@ -96,13 +96,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tokenize": {"mode": "packed"},
         "model": {"n_layer": 4, "n_embd": 256, "n_head": 4, "dropout": 0.0},
         "train": {
-            # 16 seqs * 128 tokens * 2 accumulation = 4,096 tokens per optimizer step; 2,000
-            # steps are 8.2M tokens (docs/benchmarks.md: passes over the corpus, wall time).
+            # 16 seqs * 128 tokens * 2 accumulation = 4,096 tokens per optimizer step; 1,000
+            # steps are 4.1M tokens, what 30 minutes on a 2-core CPU allow (docs/benchmarks.md).
             "batch_size": 16,
             "gradient_accumulation_steps": 2,
             "learning_rate": 2e-3,
             "warmup_steps": 50,
-            "max_steps": 2_000,
+            "max_steps": 1_000,
             "epochs": 20,
             "eval_interval": 250,
             "eval_batches": 20,
