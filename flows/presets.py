@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+COURSE_KEYWORDS = ["pandas", "sklearn", "matplotlib", "seaborn"]
 DS_KEYWORDS = [
-    "pandas",
-    "sklearn",
-    "matplotlib",
-    "seaborn",
+    *COURSE_KEYWORDS,
     "numpy",
     "pd.",
     "np.",
@@ -21,8 +19,15 @@ DS_KEYWORDS = [
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         # The first 150 MB of local code in hash order: about 9,300 files, 900 kept.
-        "corpus": {"max_bytes": 150_000_000, "max_file_bytes": 200_000},
-        "filter": {"valid_fraction": 0.05},
+        "corpus": {
+            "max_bytes": 150_000_000,
+            "max_file_bytes": 200_000,
+            # Each file's docstring examples beside its code: pandas' and numpy's are here.
+            "kinds": ["code", "docstrings"],
+        },
+        # The course's four keywords (the filter's default) and pandas' alias, which its
+        # docstring examples call it by.
+        "filter": {"valid_fraction": 0.05, "keywords": [*COURSE_KEYWORDS, "pd."]},
         "tokenizer": {"vocab_size": 4_096},
         "tokenize": {"mode": "packed"},
         "model": {"n_layer": 4, "n_embd": 128, "n_head": 4, "dropout": 0.0},

@@ -34,6 +34,17 @@ def test_tokenize_throughput_bench_prints_ours_beside_raw_tokenizers():
     assert "ours, course mode + shards" in out and "ours, packed mode + shards" in out
 
 
+def test_corpus_kinds_bench_counts_each_kind_of_an_archive(tmp_path):
+    from tests.unit.test_packages import PLOT, _sdist
+
+    archive = tmp_path / "demo-1.0.tar.gz"
+    library = b'def f():\n    """F.\n\n    >>> df = pd.DataFrame()\n    >>> df.plot()\n    """\n'
+    archive.write_bytes(_sdist("demo-1.0", {"examples/a.py": PLOT.encode(), "demo/x.py": library}))
+    rows = _run_bench("corpus_kinds.py", str(archive)).splitlines()
+    assert "| demo-1.0.tar.gz | code | 1 | 0 | 1 | 1 |" in rows
+    assert "| demo-1.0.tar.gz | docstrings | 1 | 0 | 2 | 1 |" in rows
+
+
 def test_train_throughput_bench_prints_both_loops_and_the_checkpoint_share():
     out = _run_bench(
         "train_throughput.py",

@@ -23,6 +23,13 @@ def test_presets_are_valid(preset):
     build_config(preset)
 
 
+def test_the_presets_keywords_start_from_the_filters_default():
+    from flows.presets import COURSE_KEYWORDS
+    from tasks.filter.build import DEFAULT_KEYWORDS
+
+    assert COURSE_KEYWORDS == DEFAULT_KEYWORDS
+
+
 def test_course_preset_is_the_course_model():
     config = build_config("course")
     assert (config.model.n_layer, config.model.n_embd, config.model.n_head) == (12, 768, 12)
