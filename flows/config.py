@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -167,8 +168,27 @@ def format_validation_error(err: ValidationError) -> str:
             if "input" in item and not isinstance(item["input"], dict)
             else ""
         )
-        lines.append(f"  {where}: {item['msg']}{given}")
+        hint = _known_fields_hint(item["loc"]) if item["type"] == "extra_forbidden" else ""
+        lines.append(f"  {where}: {item['msg']}{given}{hint}")
     return "invalid configuration:\n" + "\n".join(lines)
+
+
+def _known_fields_hint(loc: tuple) -> str:
+    """For a field that does not exist: the nearest valid names, else every valid name."""
+    model: type[BaseModel] = PipelineConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    section = ".".join(str(p) for p in loc[:-1])
+    prefix = f"{section}." if section else ""
+    names = sorted(model.model_fields)
+    near = difflib.get_close_matches(str(loc[-1]), names, n=3, cutoff=0.6)
+    if near:
+        return "; did you mean " + " or ".join(f"{prefix}{name}" for name in near) + "?"
+    return f"; the fields of {section or 'the config'} are " + ", ".join(names)
 
 
 def preset_settings(preset: str) -> dict[str, Any]:

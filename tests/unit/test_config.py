@@ -150,6 +150,9 @@ def test_custom_runs_the_given_config_with_overrides():
     ("overrides", "message"),
     [
         ({"train.lerning_rate": 0.1}, "train.lerning_rate: Extra inputs are not permitted"),
+        ({"train.max_stepz": 5}, "did you mean train.max_steps?"),
+        ({"model.zzz": 5}, "the fields of model are dropout, n_embd, n_head, n_layer"),
+        ({"trian.max_steps": 5}, "did you mean train?"),
         ({"train.max_steps": 0}, "train.max_steps: Input should be greater than or equal to 1"),
         ({"train..max_steps": 1}, "must look like section.field"),
         ([("train.max_steps", 1)], "overrides must be a mapping"),
