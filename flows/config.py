@@ -225,6 +225,18 @@ def build_config(
     return validated(data)
 
 
+def _edited_sections(config: PipelineConfig | None) -> list[str]:
+    """The sections in which a run's config differs from the defaults."""
+    if config is None:
+        return []
+    defaults = PipelineConfig()
+    return [
+        name
+        for name in type(config).model_fields
+        if getattr(config, name) != getattr(defaults, name)
+    ]
+
+
 def run_config(
     preset: str, overrides: Mapping[str, Any] | None, config: PipelineConfig | None
 ) -> PipelineConfig:
@@ -234,4 +246,11 @@ def run_config(
         data = (config or PipelineConfig()).model_dump(mode="json")
     else:
         data = dict(preset_settings(preset))
+        edited = _edited_sections(config)
+        if edited:
+            raise ConfigError(
+                f"config was edited ({', '.join(edited)}) but preset is {preset!r}, which "
+                f"ignores it; choose preset {CUSTOM!r} to run that config, or put the changes "
+                "in overrides (for example train.max_steps: 800)"
+            )
     return validated(deep_merge(data, overrides_from_mapping(overrides or {})))

@@ -146,6 +146,17 @@ def test_custom_runs_the_given_config_with_overrides():
     assert run_config(CUSTOM, None, None).model.n_embd == 768
 
 
+def test_an_edited_config_with_a_preset_that_ignores_it_is_an_error():
+    edited = build_config("custom").model_copy(
+        update={"train": build_config("custom").train.model_copy(update={"max_steps": 7})}
+    )
+    with pytest.raises(ConfigError, match=r"config was edited \(train\) but preset is 'smoke'"):
+        run_config("smoke", None, edited)
+    # The form's untouched default (the defaults) and no config at all are fine.
+    assert run_config("smoke", None, build_config("custom")).train.max_steps == 600
+    assert run_config("smoke", None, None).train.max_steps == 600
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
