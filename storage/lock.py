@@ -1,9 +1,12 @@
 """A lock object in the store, so that two runs never build the same stage output at once.
 
-The lock is created with an exclusive write (O_EXCL locally, a conditional PUT on S3) and kept
-alive by a heartbeat. A lock whose holder is gone is broken: at once when the holder was a
-process on this machine that no longer exists (a SIGKILLed run), otherwise once its heartbeat is
-older than the time-to-live.
+The lock is created with an exclusive write (O_EXCL locally, a conditional PUT on S3) and never
+rewritten: the holder's heartbeat goes to an object of its own beside it, named by the holder.
+So a holder whose lock another run broke (its heartbeat older than the time-to-live, after a
+pause or a partition) cannot overwrite the new holder's lock; its next beat finds the lock no
+longer its own and stops, and it commits nothing. A lock whose holder is gone is broken: at once
+when the holder was a process on this machine that no longer exists (a SIGKILLed run),
+otherwise once its heartbeat is older than the time-to-live.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
+from storage.errors import RunFailure
 from storage.settings import Settings, current_settings
 from storage.store import DamagedObjectError, Store
 
@@ -37,6 +41,15 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+class LockLostError(RunFailure):
+    """Another run broke this run's lock while it held it; what it built is not committed."""
+
+
+def heartbeat_rel(rel: str, owner: str) -> str:
+    """Where the holder ``owner`` of the lock at ``rel`` writes its heartbeat."""
+    return f"{rel}.beat-{owner}"
+
+
 class StageLock:
     """An exclusive, heartbeated lock object at ``rel`` in a store."""
 
@@ -48,6 +61,7 @@ class StageLock:
         self.owner = uuid.uuid4().hex
         self._stop = threading.Event()
         self._garbage_since: float | None = None
+        self.lost: dict | None = None  # the lock found in place of this one's, once lost
 
     def _content(self) -> bytes:
         return json.dumps(
@@ -59,10 +73,18 @@ class StageLock:
             }
         ).encode()
 
+    def _last_beat(self, lock: dict) -> float:
+        """The newest heartbeat of a lock's holder: its own object's, else the lock's creation."""
+        beat = float(lock.get("heartbeat", 0))
+        with contextlib.suppress(Exception):  # no beat yet, or a damaged one: the lock's time
+            record = self.store.read_json(heartbeat_rel(self.rel, str(lock["owner"])))
+            beat = max(beat, float(record["heartbeat"]))
+        return beat
+
     def _is_stale(self, lock: dict) -> bool:
         if lock.get("host") == socket.gethostname() and not _process_alive(int(lock["pid"])):
             return True
-        return time.time() - float(lock.get("heartbeat", 0)) > self.ttl
+        return time.time() - self._last_beat(lock) > self.ttl
 
     def _read_lock(self) -> dict | None:
         """The lock's record; an empty dict for one that stays unreadable (so it is broken)."""
@@ -95,13 +117,56 @@ class StageLock:
             with contextlib.suppress(FileNotFoundError):
                 if (self._read_lock() or {}).get("owner") == lock.get("owner"):
                     self.store.remove(self.rel)
+                    if "owner" in lock:
+                        self.store.remove(heartbeat_rel(self.rel, str(lock["owner"])))
             return self.store.create_exclusive(self.rel, self._content())
         return False
 
+    def _holder(self) -> dict | None:
+        """The lock now in place (None when there is none or it cannot be read)."""
+        try:
+            lock = self.store.read_json(self.rel)
+        except (FileNotFoundError, DamagedObjectError):
+            return None
+        return lock if isinstance(lock, dict) else None
+
+    def _beat_once(self) -> bool:
+        """Renew this run's heartbeat if the lock is still its own; return whether it is."""
+        holder = self._holder()
+        if (holder or {}).get("owner") != self.owner:
+            self.lost = holder or {}
+            self.log.error(
+                "the lock %s was broken by another run (pid %s on %s) while this run held it; "
+                "this run will not commit what it builds",
+                self.store.uri(self.rel),
+                self.lost.get("pid"),
+                self.lost.get("host"),
+            )
+            return False
+        beat = {"owner": self.owner, "heartbeat": time.time()}
+        self.store.write_bytes(heartbeat_rel(self.rel, self.owner), json.dumps(beat).encode())
+        return True
+
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.ttl / 4):
-            with contextlib.suppress(Exception):  # a missed beat is retried at the next one
-                self.store.write_bytes(self.rel, self._content())
+            try:
+                if not self._beat_once():
+                    return
+            except Exception:  # a missed beat is retried at the next one
+                continue
+
+    def check_held(self) -> None:
+        """Raise ``LockLostError`` unless this run still holds the lock (just before a commit)."""
+        if self.lost is None and (self._holder() or {}).get("owner") == self.owner:
+            return
+        holder = self.lost if self.lost is not None else (self._holder() or {})
+        raise LockLostError(
+            f"the lock {self.store.uri(self.rel)} was broken by another run (pid "
+            f"{holder.get('pid')} on {holder.get('host')}) while this run built the output, "
+            f"its heartbeat having been older than {self.ttl:g} s (a paused or cut-off "
+            "machine); nothing of this run was committed, and the other run builds it: run "
+            "again to reuse its output"
+        )
 
     @contextlib.contextmanager
     def hold(self, until: Callable[[], bool]) -> Iterator[bool]:
@@ -126,4 +191,6 @@ class StageLock:
             self._stop.set()
             beat.join()
             with contextlib.suppress(Exception):
-                self.store.remove(self.rel)
+                self.store.remove(heartbeat_rel(self.rel, self.owner))
+                if (self._holder() or {}).get("owner") == self.owner:
+                    self.store.remove(self.rel)

@@ -37,6 +37,9 @@ PROGRESS_DIR = "_progress"
 # Training checkpoints: the train stage keeps and validates these itself.
 CHECKPOINTS_DIR = "_checkpoints"
 LOCK_NAME = "_lock.json"
+# Real manifests are a few kB; one far larger was planted or damaged, and parsing it would cost
+# memory and time without bound.
+MAX_MANIFEST_BYTES = 8 << 20
 KEY_LENGTH = 20
 # A stage is a folder name, or two (``publish/codeparrot-ds``); a key is a hex content hash.
 STAGE_PATTERN = r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)?$"
@@ -256,9 +259,10 @@ class StageWriter:
             self._recorded.update(parts)
             self.resumed_states.append(state)
             self._records += 1
-        keep = set(self.parts) | {_progress_name(i) for i in range(self._records)} | {LOCK_NAME}
+        keep = set(self.parts) | {_progress_name(i) for i in range(self._records)}
         for rel in present:
-            if rel not in keep and not rel.startswith(f"{CHECKPOINTS_DIR}/"):
+            # The lock and its holders' heartbeats (``_lock.json.beat-<owner>``) are the lock's.
+            if rel not in keep and not rel.startswith((f"{CHECKPOINTS_DIR}/", LOCK_NAME)):
                 self.store.remove(f"{self.prefix}/{rel}")
         if self._records:
             log.info(
@@ -286,7 +290,7 @@ def load_manifest(store: Store, stage: str, key: str) -> Manifest | None:
     """
     rel = f"{stage}/{key}/{MANIFEST_NAME}"
     try:
-        manifest = Manifest.model_validate(store.read_json(rel))
+        manifest = Manifest.model_validate(store.read_json(rel, MAX_MANIFEST_BYTES))
     except FileNotFoundError:
         return None
     except (DamagedObjectError, ValueError) as err:
@@ -357,7 +361,7 @@ def run_stage(
         with lock.hold(until=lambda: committed() is not None):
             manifest = committed()  # another run may have built it while this one waited
             if manifest is None:
-                return committed_ref(_build(store, spec, build, log, built_by))
+                return committed_ref(_build(store, spec, build, log, built_by, lock.check_held))
     else:
         log.info("%s: found committed output %s; nothing to do", spec.stage, spec.prefix)
     return committed_ref(manifest, reused=True)
@@ -377,7 +381,14 @@ def committed_ref(manifest: Manifest, reused: bool = False) -> StageRef:
     )
 
 
-def _build(store: Store, spec: StageSpec, build: Callable, log: Log, built_by: str) -> Manifest:
+def _build(
+    store: Store,
+    spec: StageSpec,
+    build: Callable,
+    log: Log,
+    built_by: str,
+    check_held: Callable[[], None],
+) -> Manifest:
     writer = StageWriter(store, spec.stage, spec.key)
     writer.recover(log)
     log.info("%s: building %s", spec.stage, store.uri(writer.prefix))
@@ -394,6 +405,7 @@ def _build(store: Store, spec: StageSpec, build: Callable, log: Log, built_by: s
         built_by=built_by,
         resumed_progress_records=len(writer.resumed_states),
     )
+    check_held()  # a run whose lock was broken meanwhile commits nothing
     store.write_json(f"{writer.prefix}/{MANIFEST_NAME}", manifest.model_dump(mode="json"))
     log.info("%s: committed %s", spec.stage, store.uri(writer.prefix))
     store.remove(f"{writer.prefix}/{PROGRESS_DIR}")

@@ -183,6 +183,48 @@ def test_a_lock_left_by_a_dead_process_is_broken(store):
     assert calls == [1]
 
 
+def _breaker(store, rel):
+    """Another run whose time-to-live has the holder's heartbeat stale at once."""
+    from storage.lock import StageLock
+
+    other = StageLock(store, rel, LOG)
+    other.ttl = 0.0
+    return other
+
+
+def test_a_holder_whose_lock_was_broken_stops_beating_and_never_overwrites_it(store):
+    from storage.lock import LockLostError, StageLock
+
+    rel = f"{SPEC.prefix}/_lock.json"
+    holder = StageLock(store, rel, LOG)
+    holder.ttl = 3600.0  # its own heartbeat thread stays asleep: the test beats by hand
+    with holder.hold(until=lambda: False) as held:
+        assert held and holder._beat_once()
+        other = _breaker(store, rel)
+        assert other._try_acquire()  # the holder's beat is "stale" to it: broken and taken
+        assert not holder._beat_once()
+        assert store.read_json(rel)["owner"] == other.owner
+        with pytest.raises(LockLostError, match="broken by another run"):
+            holder.check_held()
+    # The old holder's release left the new holder's lock in place.
+    assert store.read_json(rel)["owner"] == other.owner
+    assert not store.exists(f"{rel}.beat-{holder.owner}")
+
+
+def test_a_build_whose_lock_was_broken_meanwhile_commits_nothing(store):
+    from storage.lock import LockLostError
+
+    def build(writer):
+        writer.write_bytes("a.txt", b"first")
+        assert _breaker(store, f"{SPEC.prefix}/_lock.json")._try_acquire()
+        return {"n": 1}
+
+    with pytest.raises(LockLostError):
+        run_stage(store, SPEC, build, LOG)
+    assert load_manifest(store, SPEC.stage, SPEC.key) is None
+    assert store.exists(f"{SPEC.prefix}/_lock.json")  # the other run's, kept
+
+
 def test_an_output_names_the_outputs_it_was_built_from(store):
     parent = run_stage(store, SPEC, _builder([]), LOG)
     child_spec = StageSpec.of("t", {}, {"source": parent}, "v1")
