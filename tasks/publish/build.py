@@ -22,9 +22,19 @@ from pydantic import Field
 from transformers import GenerationConfig
 
 from storage.errors import RunFailure
-from storage.stages import KEY_PATTERN, StageRef, StageSpec, StageWriter, part_folder, read_manifest
+from storage.stages import (
+    KEY_PATTERN,
+    StageRef,
+    StageSpec,
+    StageWriter,
+    input_ref,
+    part_folder,
+    read_manifest,
+    read_part,
+)
 from storage.store import DamagedObjectError, Store, StoreError
 from tasks.completions import percent
+from tasks.evaluate.build import METRICS_PART
 from tasks.evaluate.generation import complete, load_generator
 from tasks.evaluate.humaneval import describe as describe_humaneval
 from tasks.params import StageParams
@@ -246,16 +256,38 @@ def promotion_refusal(new: dict, current: dict | None, tolerance: float) -> str 
 
 
 def current_model_counts(store: Store, name: str, log) -> dict | None:
-    """What the model LATEST points at reported when it was published; None when there is
-    none, or LATEST or its manifest is damaged (then the new model replaces it)."""
+    """The figures the quality gate compares against: those of the model LATEST points at.
+
+    They are read from its evaluation's metrics part, checked against that output's manifest,
+    and its lineage, never from a file or field that could have been edited unchecked (the
+    publish manifest's copy is only compared). None when there is no current model, or it
+    cannot be read or checked (then the new model replaces it).
+    """
     try:
         current = latest_model(store, name)
-        return read_manifest(store, current).counts
+        recorded = read_manifest(store, current).counts
+        evaluation = input_ref(store, current, "evaluate")
+        metrics = json.loads(read_part(store, evaluation, METRICS_PART))
+        checked = {
+            "api_accuracy": metrics.get("api_accuracy"),
+            "perplexity": metrics.get("perplexity"),
+            "tokenizer": input_ref(store, current, "tokenizer").prefix,
+            "validation": input_ref(store, current, "tokenize").prefix,
+        }
     except FileNotFoundError:
         return None
-    except StoreError as err:
-        log.warning("the current model cannot be read (%s); the new model replaces it", err)
+    except (StoreError, ValueError, AttributeError) as err:
+        log.warning("the current model cannot be checked (%s); the new model replaces it", err)
         return None
+    edited = sorted(k for k, v in checked.items() if recorded.get(k) != v)
+    if edited:
+        log.warning(
+            "the current model's record %s differs from its evaluation in %s; the gate "
+            "compares against the evaluation's figures",
+            store.uri(current.prefix),
+            ", ".join(edited),
+        )
+    return checked
 
 
 def set_latest(store: Store, name: str, key: str) -> None:

@@ -73,3 +73,48 @@ def test_the_gate_compares_api_accuracy_always_and_perplexity_on_the_same_split(
     other_split = {"tokenizer": "t/2", "validation": "v/2", "api_accuracy": 0.35, "perplexity": 99}
     assert promotion_refusal(other_split, current, 0.02) is None  # perplexities not comparable
     assert promotion_refusal({"api_accuracy": 0.0}, None, 0.02) is None  # nothing to beat
+
+
+def _published(store, api_accuracy):
+    """A current model as the pipeline leaves it: evaluation, publish record, LATEST."""
+    from tasks.evaluate.build import METRICS_PART
+    from tasks.publish.build import models_area, set_latest
+
+    metrics = {"api_accuracy": api_accuracy, "perplexity": 30.0}
+
+    def evaluate(writer):
+        writer.write_json(METRICS_PART, metrics)
+        return metrics
+
+    inputs = {n: run_stage(store, StageSpec.of(n, {}, {}, "v"), lambda w: {}, LOG) for n in "ab"}
+    tokenizer, tokens = inputs["a"], inputs["b"]
+    evaluation = run_stage(store, StageSpec.of("evaluate", {}, {}, "v"), evaluate, LOG)
+    sources = {"evaluate": evaluation, "tokenizer": tokenizer, "tokenize": tokens}
+    counts = {**metrics, "tokenizer": tokenizer.prefix, "validation": tokens.prefix}
+    spec = StageSpec.of(models_area("m"), {}, sources, "v")
+    published = run_stage(store, spec, lambda w: counts, LOG)
+    set_latest(store, "m", published.key)
+    return evaluation, published
+
+
+def test_the_gate_compares_against_the_checked_evaluation_not_an_edited_record(store):
+    import json
+
+    from storage.stages import MANIFEST_NAME
+    from tasks.publish.build import current_model_counts
+
+    _, published = _published(store, 0.25)
+    manifest = store.read_json(f"{published.prefix}/{MANIFEST_NAME}")
+    manifest["counts"]["api_accuracy"] = 0.99  # an edit that no checksum covers
+    store.write_bytes(f"{published.prefix}/{MANIFEST_NAME}", json.dumps(manifest).encode())
+    current = current_model_counts(store, "m", LOG)
+    assert current["api_accuracy"] == 0.25 and current["perplexity"] == 30.0
+
+
+def test_an_edited_evaluation_is_no_current_model_for_the_gate(store):
+    from tasks.evaluate.build import METRICS_PART
+    from tasks.publish.build import current_model_counts
+
+    evaluation, _ = _published(store, 0.25)
+    store.write_bytes(f"{evaluation.prefix}/{METRICS_PART}", b'{"api_accuracy": 0.99}')
+    assert current_model_counts(store, "m", LOG) is None  # the new model replaces it
