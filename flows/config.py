@@ -76,6 +76,24 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: a config needs none, and an alias bomb (a few
+    lines whose aliases expand to billions of nodes) fills memory when the result is walked."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a config; write the value out", mark
+            )
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    """A YAML text as plain data; aliases are refused (``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=_NoAliasLoader)
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML, JSON or TOML config file into a nested mapping."""
     path = Path(path)
@@ -91,7 +109,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         ) from None
     try:
         if path.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text) or {}
+            data = load_yaml(text) or {}
         elif path.suffix == ".json":
             data = json.loads(text)
         elif path.suffix == ".toml":
@@ -124,9 +142,13 @@ def parse_override(assignment: str) -> dict[str, Any]:
     """
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r} must look like section.field=value")
+    if len(assignment) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"override {assignment[:40]!r}... is over {MAX_CONFIG_BYTES:,} characters"
+        )
     dotted, raw = assignment.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = load_yaml(raw) if raw else ""
     except yaml.YAMLError as err:
         problem = str(getattr(err, "problem", None) or err).splitlines()[0]
         raise ConfigError(

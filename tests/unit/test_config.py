@@ -119,6 +119,27 @@ def test_a_config_file_that_does_not_parse_is_one_clear_line(
     assert err.count("\n") == 1 and message in err and str(path) in err
 
 
+# Nine levels would be 9**9 nodes once walked; three show the shape without the risk.
+ALIAS_BOMB = 'a: &a ["lol", "lol", "lol"]\nb: &b [*a, *a, *a]\ntrain: {key_tokens: [*b, *b, *b]}\n'
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, capsys):
+    from flows.cli import main
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(ALIAS_BOMB)
+    assert main(["run", "--config", str(path), "--store", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "aliases" in err and str(path) in err
+    with pytest.raises(ConfigError, match="aliases"):
+        parse_override("train.key_tokens=[&a plt, *a, *a]")
+
+
+def test_an_oversized_override_is_refused():
+    with pytest.raises(ConfigError, match="over 1,048,576 characters"):
+        parse_override("train.key_tokens=" + "x" * (1 << 20))
+
+
 def test_every_stage_is_declared_once_with_its_config_sections():
     from flows.config import PipelineConfig
     from tasks.registry import STAGES
