@@ -327,22 +327,28 @@ class Store:
         """Every object below a folder, as paths relative to that folder, sorted."""
         return sorted(self.list_sizes(rel))
 
-    def read_bytes(self, rel: str) -> bytes:
-        """Read a whole object (on a local store, only a regular file)."""
+    def read_bytes(self, rel: str, max_bytes: int | None = None) -> bytes:
+        """Read a whole object (on a local store, only a regular file); one over ``max_bytes``
+        is a ``DamagedObjectError``, found after reading no more than that."""
+        end = None if max_bytes is None else max_bytes + 1
         with self._errors(rel):
             try:
                 if self.is_local:
                     with open_regular(self._path(rel)) as f:
-                        return f.read()
-                return self.fs.cat_file(self._path(rel))
+                        data = f.read(-1 if end is None else end)
+                else:
+                    data = self.fs.cat_file(self._path(rel), start=0 if end else None, end=end)
             except FileNotFoundError:
                 raise FileNotFoundError(f"{self.uri(rel)} does not exist") from None
             except IsADirectoryError:
                 raise DamagedObjectError(f"{self.uri(rel)} is a folder, not a file") from None
+        if max_bytes is not None and len(data) > max_bytes:
+            raise DamagedObjectError(f"{self.uri(rel)} is over {max_bytes:,} bytes")
+        return data
 
-    def read_json(self, rel: str) -> Any:
+    def read_json(self, rel: str, max_bytes: int | None = None) -> Any:
         """Read a JSON object; bytes that are not JSON are a ``DamagedObjectError``."""
-        data = self.read_bytes(rel)
+        data = self.read_bytes(rel, max_bytes)
         try:
             return json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as err:

@@ -21,6 +21,8 @@ from storage.stages import (
 from storage.store import DamagedObjectError, Store, StoreError
 
 LATEST_NAME = "LATEST"
+# Problems listed per output; the rest are counted in one line (the output is uncommitted whole).
+MAX_LISTED = 20
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,9 @@ def verify_output(
             checked += size
             if digest != info.sha256:
                 damage.append(Damage(prefix, name, "sha256 differs from the manifest's"))
+    if len(damage) > MAX_LISTED:
+        more = Damage(prefix, "...", f"and {len(damage) - MAX_LISTED:,} more problems")
+        damage = [*damage[:MAX_LISTED], more]
     return damage, len(manifest.parts), checked
 
 

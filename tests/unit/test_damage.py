@@ -130,6 +130,36 @@ def test_verify_finds_a_flipped_byte_and_repair_makes_the_next_run_rebuild(store
     assert calls == [1, 1] and verify_store(store).damage == []
 
 
+def test_an_oversized_manifest_is_damaged_without_being_parsed(store):
+    from storage.stages import MAX_MANIFEST_BYTES
+
+    ref = run_stage(store, SPEC, _build([]), LOG)
+    rel = f"{ref.prefix}/{MANIFEST_NAME}"
+    data = json.loads(store.read_bytes(rel))
+    data["padding"] = " " * MAX_MANIFEST_BYTES
+    store.write_bytes(rel, json.dumps(data).encode())
+    with pytest.raises(DamagedManifestError, match=f"over {MAX_MANIFEST_BYTES:,} bytes"):
+        load_manifest(store, ref.stage, ref.key)
+    [damage] = verify_store(store).damage
+    assert (damage.output, damage.name) == (ref.prefix, MANIFEST_NAME)
+
+
+def test_verify_lists_a_bounded_number_of_problems_per_output(store):
+    from storage.verify import MAX_LISTED
+
+    ref = run_stage(store, SPEC, _build([]), LOG)
+    rel = f"{ref.prefix}/{MANIFEST_NAME}"
+    data = json.loads(store.read_bytes(rel))
+    part = data["parts"]["a.txt"]
+    data["parts"].update({f"gone/{i}": part for i in range(500)})
+    store.write_bytes(rel, json.dumps(data).encode())
+    damage = verify_store(store).damage
+    assert len(damage) == MAX_LISTED + 1
+    assert damage[-1].problem == f"and {500 - MAX_LISTED:,} more problems"
+    assert {d.output for d in damage} == {ref.prefix}  # repair uncommits that one output
+    assert repair(store, damage) == [rel]
+
+
 def test_verify_names_a_bad_latest(store):
     store.write_bytes("publish/m/LATEST", b"garbage")
     [damage] = verify_store(store).damage
