@@ -7,14 +7,18 @@ archive. Any index works: the public one pip is configured with, a mirror, or a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -33,6 +37,10 @@ from storage.store import DamagedObjectError, Store
 DEFAULT_INDEX_URL = "https://pypi.org/simple"
 # Seconds before an index or download that does not answer is an error, not a hang.
 TIMEOUT_SECONDS = 15
+# Seconds a whole page or archive may take: a server that answers a byte at a time, each within
+# the timeout above, must not hold a run forever. Archives are tens of MB, on slow links too.
+PAGE_DEADLINE_SECONDS = 120
+ARCHIVE_DEADLINE_SECONDS = 1800
 # Source archives are tens of MB; anything far larger is not a source distribution.
 MAX_ARCHIVE_BYTES = 512 << 20
 ARCHIVES_DIR = "archives"
@@ -70,24 +78,95 @@ def configured_index_url() -> str:
     return found.stdout.strip() or DEFAULT_INDEX_URL
 
 
-def _get(url: str, accept: str = "*/*") -> tuple[bytes, str]:
+class _Deadline:
+    """Shuts the sockets of one exchange (redirects included) once it has taken too long."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def _shut(self, sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                self._shut(sock)
+
+    def _watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                self._shut(sock)
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """An opener whose connections this deadline watches."""
+        deadline = self
+
+        def watched(base):
+            class Watched(base):
+                def connect(self):
+                    super().connect()
+                    deadline._watch(self.sock)
+
+            return Watched
+
+        class HTTP(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(watched(http.client.HTTPConnection), req)
+
+        class HTTPS(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(watched(http.client.HTTPSConnection), req)
+
+        return urllib.request.build_opener(HTTP, HTTPS)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+
+
+def _get(url: str, accept: str, deadline: float) -> tuple[bytes, str]:
+    """The body and content type at ``url``, whole within ``deadline`` seconds."""
     request = urllib.request.Request(url, headers={"Accept": accept})
+    watch = _Deadline(deadline)
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
+        with watch, watch.opener().open(request, timeout=TIMEOUT_SECONDS) as response:
             data = response.read(MAX_ARCHIVE_BYTES + 1)
+            if watch.expired:
+                raise OSError("cut off")
             if len(data) > MAX_ARCHIVE_BYTES:
                 raise PackageIndexError(f"{url} is over {MAX_ARCHIVE_BYTES:,} bytes")
             return data, response.headers.get("Content-Type", "")
-    except urllib.error.HTTPError as err:
-        if err.code == 404:
-            raise PackageIndexError(f"{url}: the index has no such package (404)") from None
-        raise PackageIndexError(f"{url} answered HTTP {err.code}") from None
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        if not watch.expired:
+            raise _index_error(url, err) from None
         raise PackageIndexError(
-            f"cannot reach the package index at {url} ({reason}); check corpus.index_url "
-            "(or pip's index-url) and the network"
+            f"{url} did not finish answering within {deadline:g} s (it answers too slowly, "
+            "perhaps a byte at a time); check corpus.index_url (or pip's index-url)"
         ) from None
+
+
+def _index_error(url: str, err: BaseException) -> PackageIndexError:
+    """The clear error for a failed request to the index."""
+    if isinstance(err, urllib.error.HTTPError):
+        if err.code == 404:
+            return PackageIndexError(f"{url}: the index has no such package (404)")
+        return PackageIndexError(f"{url} answered HTTP {err.code}")
+    reason = getattr(err, "reason", err)
+    return PackageIndexError(
+        f"cannot reach the package index at {url} ({reason}); check corpus.index_url "
+        "(or pip's index-url) and the network"
+    )
 
 
 class _Links(HTMLParser):
@@ -114,7 +193,8 @@ class _Links(HTMLParser):
 def project_files(index_url: str, package: str) -> list[dict]:
     """The files the index lists for a package: filename, absolute url, sha256 (or None)."""
     page = f"{index_url.rstrip('/')}/{canonicalize_name(package)}/"
-    body, content_type = _get(page, "application/vnd.pypi.simple.v1+json, text/html;q=0.1")
+    accept = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
+    body, content_type = _get(page, accept, PAGE_DEADLINE_SECONDS)
     files = []
     if "json" in content_type:
         return _json_files(page, body)
@@ -193,7 +273,7 @@ def fetch_archive(store: Store, dist: Distribution, present: dict[str, int]) -> 
     """
     if dist.sha256 in present:
         return dist.sha256, present[dist.sha256]
-    data, _ = _get(dist.url)
+    data, _ = _get(dist.url, "*/*", ARCHIVE_DEADLINE_SECONDS)
     digest = hashlib.sha256(data).hexdigest()
     if dist.sha256 and digest != dist.sha256:
         raise PackageIndexError(

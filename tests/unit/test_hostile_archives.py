@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import threading
+import time
 import zipfile
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -164,3 +165,35 @@ def test_both_page_kinds_skip_yanked_files(page):
         }
     ).encode()
     assert html == [f["filename"] for f in project_files(page, "demo")] == ["demo-1.0.tar.gz"]
+
+
+class _Drip(SimpleHTTPRequestHandler):
+    """Answers a byte every 0.2 s, each well within the read timeout, for up to a minute."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", "300")
+        self.end_headers()
+        for _ in range(300):
+            try:
+                self.wfile.write(b"x")
+                self.wfile.flush()
+            except OSError:
+                return  # the client gave up, as it should
+            time.sleep(0.2)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_index_that_drips_its_answer_is_cut_off_at_the_deadline(monkeypatch):
+    monkeypatch.setattr(package_index, "PAGE_DEADLINE_SECONDS", 1.0)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Drip, directory="."))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/simple"
+        with pytest.raises(PackageIndexError, match="did not finish answering within 1 s"):
+            project_files(url, "demo")
+    finally:
+        server.shutdown()
