@@ -8,9 +8,11 @@ are references, and each worker reads and writes the groups it was given.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -84,19 +86,57 @@ def resolve_dask_address(address: str | None, environ: Mapping[str, str]) -> tup
     return chosen, source
 
 
-def check_reachable(address: str, timeout: float = 10.0) -> None:
-    """Fail at once, in one line, when nothing answers at a scheduler's address (Dask itself
-    would wait 30 s and end in a traceback)."""
+def check_reachable(address: str, timeout: float = 30.0) -> None:
+    """Fail at once, in one line, unless a Dask scheduler answers at the address within
+    ``timeout`` seconds. Dask itself would wait 30 s and end in a traceback where nothing
+    listens, and wait forever on a port that accepts and says nothing, or on an HTTP server.
+    """
     host, _, port = address.split("://", 1)[1].rpartition(":")
-    try:
+    try:  # a refused port is known at once; Dask would retry it for the whole timeout
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             pass
     except (OSError, ValueError) as err:
-        raise DaskSettingError(
-            f"no Dask scheduler answers at {address} ({type(err).__name__}: {err}); start one "
-            f"(`dask scheduler`), fix dask_address or ${DASK_ADDRESS_ENV}, or use local or "
-            f"{NO_DASK}"
-        ) from None
+        raise _not_a_scheduler(address, f"{type(err).__name__}: {err}") from None
+    answer: dict[str, Any] = {}
+    probe = threading.Thread(target=lambda: answer.update(_ask_identity(address, timeout)))
+    probe.daemon = True  # a probe that Dask cannot stop must not keep the run alive
+    probe.start()
+    probe.join(timeout + 5)
+    identity = answer.get("identity")
+    kind = identity.get("type") if isinstance(identity, dict) else None
+    if kind == "Scheduler":
+        return
+    why = answer.get("error") or (
+        f"it answered as {kind!r}, not a scheduler" if kind else f"no answer in {timeout:g} s"
+    )
+    raise _not_a_scheduler(address, why)
+
+
+def _not_a_scheduler(address: str, why: str) -> DaskSettingError:
+    return DaskSettingError(
+        f"no Dask scheduler answers at {address} ({why}); start one (`dask scheduler`), fix "
+        f"dask_address or ${DASK_ADDRESS_ENV}, or use local or {NO_DASK}"
+    )
+
+
+def _ask_identity(address: str, timeout: float) -> dict[str, Any]:
+    """The ``identity`` a Dask server at ``address`` gives, or the error in words."""
+    from distributed.comm import connect
+
+    async def ask() -> Any:
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    try:
+        return {"identity": asyncio.run(asyncio.wait_for(ask(), timeout))}
+    except TimeoutError:
+        return {"error": f"no answer in {timeout:g} s"}
+    except Exception as err:  # whatever Dask raises for a peer that is not Dask
+        return {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
 
 
 def local_workers(environ: Mapping[str, str]) -> int:

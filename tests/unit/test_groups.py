@@ -85,3 +85,26 @@ def test_a_scheduler_that_does_not_answer_is_one_clear_line():
     address = f"tcp://127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
     with pytest.raises(DaskSettingError, match=f"no Dask scheduler answers at {address}"):
         check_reachable(address, timeout=2)
+
+
+@pytest.mark.parametrize("peer", ["silent", "http"])
+def test_a_port_that_is_not_a_dask_scheduler_is_one_clear_line_not_a_hang(peer):
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from flows.data import check_reachable
+
+    if peer == "http":
+        server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port, stop = server.server_address[1], server.shutdown
+    else:  # accepts, then says nothing
+        listener = socket.create_server(("127.0.0.1", 0))
+        port, stop = listener.getsockname()[1], listener.close
+    address = f"tcp://127.0.0.1:{port}"
+    try:
+        with pytest.raises(DaskSettingError, match=f"no Dask scheduler answers at {address}"):
+            check_reachable(address, timeout=2)
+    finally:
+        stop()
