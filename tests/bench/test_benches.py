@@ -45,6 +45,21 @@ def test_corpus_kinds_bench_counts_each_kind_of_an_archive(tmp_path):
     assert "| demo-1.0.tar.gz | docstrings | 1 | 0 | 2 | 1 |" in rows
 
 
+def test_same_cases_bench_scores_published_models_and_an_untrained_one(
+    prefect_server, corpus_dir, tmp_path
+):
+    from flows.pipeline import codeparrot_pipeline
+    from tests.flows.test_pipeline import _config
+
+    store = str(tmp_path / "store")
+    config = _config(corpus_dir, "evaluate.humaneval=false")
+    codeparrot_pipeline(preset="custom", config=config, store_url=store)
+    out = _run_bench("same_cases.py", "codeparrot-ds", "--store", store, "--cases", "20")
+    scores = json.loads(out[out.index("\n{\n") + 1 :])  # the JSON after the lines
+    assert sorted(scores) == ["codeparrot-ds", "untrained"]
+    assert scores["codeparrot-ds"]["cases"] == scores["untrained"]["cases"] > 0
+
+
 def test_train_throughput_bench_prints_both_loops_and_the_checkpoint_share():
     out = _run_bench(
         "train_throughput.py",
