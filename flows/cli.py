@@ -19,6 +19,8 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 # How long a run waits for its temporary Prefect server to answer, at the least.
 SERVER_START_S = 180
+# How long a run's last logs and events may take to reach the temporary server before it stops.
+DRAIN_S = 30
 
 
 class ServerStartError(RunFailure):
@@ -29,11 +31,12 @@ class ServerStartError(RunFailure):
 def prefect_server() -> Iterator[None]:
     """The Prefect server for this command: the configured one, or a temporary local one.
 
-    The temporary server is Prefect's own, started here with SIGINT blocked, a mask it
-    inherits: a Ctrl-C, which the terminal sends to the whole process group, then reaches only
-    this process, which records the run as crashed while the server still answers. Prefect
-    stops the server at exit, after its logs are sent; SIGTERM is turned into an exit too
-    (``main``), so neither signal leaves the server running.
+    The temporary server is Prefect's own, started here with SIGINT and SIGTERM blocked, a
+    mask it inherits: a Ctrl-C, which a terminal sends to the whole process group, or a
+    SIGTERM to the group (``timeout``, a service manager) then reaches only this process,
+    which records the run's end while the server still answers. The server stops when this
+    command does, in that order: the run's logs and events are sent (for at most
+    ``DRAIN_S``), then the server is killed and reaped.
     """
     from prefect.settings import (
         PREFECT_API_URL,
@@ -46,7 +49,7 @@ def prefect_server() -> Iterator[None]:
         return
     from prefect.server.api.server import SubprocessASGIServer
 
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         # The server inherits this environment: it must not try to reach anything off this
         # host, so its analytics are off unless the user asked for them.
@@ -55,8 +58,9 @@ def prefect_server() -> Iterator[None]:
         # Prefect's 20 s default is missed on a loaded machine; a larger setting is kept.
         timeout = max(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), SERVER_START_S)
         try:
-            server.start(timeout=timeout)  # registers its own stop at exit
+            server.start(timeout=timeout)  # registers its own stop at exit, a no-op after ours
         except RuntimeError as err:
+            _stop_server(server)
             raise ServerStartError(
                 f"the temporary Prefect server did not answer within {timeout} s ({err}); the "
                 "machine may be overloaded: set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS "
@@ -64,8 +68,34 @@ def prefect_server() -> Iterator[None]:
             ) from None
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    with temporary_settings({PREFECT_API_URL: server.api_url}):
-        yield
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        drain_prefect_workers(DRAIN_S)
+        _stop_server(server)
+
+
+def drain_prefect_workers(timeout: float) -> bool:
+    """Send what Prefect's log and event workers still hold, for at most ``timeout`` seconds;
+    return whether they finished (else they are abandoned: ``main`` exits without them)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    finished = True
+    for service in (APILogWorker, EventsWorker):
+        _, pending = service.drain_all(timeout=timeout, at_exit=False)
+        finished = finished and not pending
+    return finished
+
+
+def _stop_server(server) -> None:
+    """Kill the temporary server (SIGTERM is blocked in it) and reap it."""
+    process = server.server_process
+    if process is not None and process.poll() is None:
+        process.kill()
+        process.wait()
+    server.stop()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -261,6 +291,16 @@ def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
+def _exit_now(code: int) -> None:
+    """End at once, skipping Prefect's at-exit drains: after a signal, the run's logs were
+    sent (or abandoned) before its server stopped, and a drain now could wait on a server
+    that is gone."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``codeparrot-ds``; user errors print one clear message and exit 2."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -270,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         # Inside: the parser's defaults read the settings, and a bad variable is one line too.
         args = build_parser().parse_args(argv)
         return args.func(args)
+    except SystemExit as stop:
+        if stop.code == 128 + signal.SIGTERM and argv is None:  # the command, not a test's call
+            _exit_now(stop.code)
+        raise
     except (*USER_ERRORS, FileNotFoundError) as err:
         print(f"codeparrot-ds: error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -279,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("codeparrot-ds: interrupted", file=sys.stderr)
+        if argv is None:
+            _exit_now(128 + signal.SIGINT)
         return 128 + signal.SIGINT
 
 
