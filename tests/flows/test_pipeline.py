@@ -247,16 +247,30 @@ def test_training_on_an_unknown_deployment_says_what_to_do(
 def test_the_quality_gate_refuses_a_worse_model_unless_forced(
     prefect_server, corpus_dir, tmp_path, capsys
 ):
+    import hashlib
+
+    from tasks.evaluate.build import METRICS_PART
     from tasks.publish.build import ModelNotPromotedError
 
     store = Store(str(tmp_path / "store"))
     first = codeparrot_pipeline(preset="custom", config=_config(corpus_dir), store_url=store.url)
     latest = store.read_json("publish/codeparrot-ds/LATEST")
-    # Make the current model look much better than any tiny model can be.
+    # Make the current model much better than any tiny model can be: its evaluation
+    # re-committed at 100% (metrics part and manifest agreeing), as the gate checks them.
     manifest_rel = f"{latest['path']}/{MANIFEST_NAME}"
     manifest = store.read_json(manifest_rel)
     manifest["counts"]["api_accuracy"] = 1.0
     store.write_json(manifest_rel, manifest)
+    evaluation = manifest["inputs"]["evaluate"]
+    metrics = json.loads(store.read_bytes(f"{evaluation}/{METRICS_PART}"))
+    data = json.dumps({**metrics, "api_accuracy": 1.0}).encode()
+    store.write_bytes(f"{evaluation}/{METRICS_PART}", data)
+    evaluation_manifest = store.read_json(f"{evaluation}/{MANIFEST_NAME}")
+    evaluation_manifest["parts"][METRICS_PART] = {
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    store.write_json(f"{evaluation}/{MANIFEST_NAME}", evaluation_manifest)
 
     worse = [f"corpus.roots=[{corpus_dir}]", *TINY, "train.seed=7"]
     args = ["run", "--store", store.url] + [a for item in worse for a in ("--set", item)]
