@@ -83,7 +83,8 @@ def test_resume_costs_bench_runs_on_a_few_steps():
         *[
             f"--set={item}"
             for item in (
-                "corpus.max_bytes=10000000",
+                "corpus.max_bytes=2000000",
+                "model.n_layer=1",
                 "filter.valid_fraction=0.2",
                 "tokenizer.vocab_size=500",
                 "train.max_steps=16",
