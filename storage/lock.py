@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -50,6 +51,13 @@ def heartbeat_rel(rel: str, owner: str) -> str:
     return f"{rel}.beat-{owner}"
 
 
+def _owner(lock: dict) -> str | None:
+    """A lock's owner when it is one this module writes (a uuid4's hex), else None: a planted
+    owner such as ``../..`` must never name an object to read or remove."""
+    owner = lock.get("owner")
+    return owner if isinstance(owner, str) and re.fullmatch(r"[0-9a-f]{32}", owner) else None
+
+
 class StageLock:
     """An exclusive, heartbeated lock object at ``rel`` in a store."""
 
@@ -76,8 +84,10 @@ class StageLock:
     def _last_beat(self, lock: dict) -> float:
         """The newest heartbeat of a lock's holder: its own object's, else the lock's creation."""
         beat = float(lock.get("heartbeat", 0))
+        if (owner := _owner(lock)) is None:
+            return beat
         with contextlib.suppress(Exception):  # no beat yet, or a damaged one: the lock's time
-            record = self.store.read_json(heartbeat_rel(self.rel, str(lock["owner"])))
+            record = self.store.read_json(heartbeat_rel(self.rel, owner))
             beat = max(beat, float(record["heartbeat"]))
         return beat
 
@@ -117,8 +127,8 @@ class StageLock:
             with contextlib.suppress(FileNotFoundError):
                 if (self._read_lock() or {}).get("owner") == lock.get("owner"):
                     self.store.remove(self.rel)
-                    if "owner" in lock:
-                        self.store.remove(heartbeat_rel(self.rel, str(lock["owner"])))
+                    if (owner := _owner(lock)) is not None:
+                        self.store.remove(heartbeat_rel(self.rel, owner))
             return self.store.create_exclusive(self.rel, self._content())
         return False
 

@@ -183,6 +183,18 @@ def test_a_lock_left_by_a_dead_process_is_broken(store):
     assert calls == [1]
 
 
+def test_a_planted_lock_owner_names_no_object_to_remove(store):
+    import json
+    import socket
+
+    store.write_bytes("victim/keep.txt", b"kept")
+    planted = {"owner": "../../../../victim", "host": socket.gethostname(), "pid": 2**22 + 1}
+    store.write_bytes(f"{SPEC.prefix}/_lock.json", json.dumps(planted).encode())
+    calls = []
+    run_stage(store, SPEC, _builder(calls), LOG)
+    assert calls == [1] and store.read_bytes("victim/keep.txt") == b"kept"
+
+
 def _breaker(store, rel):
     """Another run whose time-to-live has the holder's heartbeat stale at once."""
     from storage.lock import StageLock
