@@ -59,15 +59,22 @@ def kill_training(store_url: str, env: dict, kill_after: int, *overrides: str) -
     args = [sys.executable, "-m", "flows.cli", "run", "--preset", "smoke", "--store", store_url]
     for item in overrides:
         args += ["--set", item]
+    # Its own process group, killed whole as a crashed machine would be: the run's temporary
+    # Prefect server with it, so nothing is left behind.
     child = subprocess.Popen(
-        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        args,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     reached = 0
     for line in child.stdout:
         if match := STEP_LINE.search(line):
             reached = int(match.group(1))
             if reached >= kill_after:
-                os.kill(child.pid, signal.SIGKILL)
+                os.killpg(child.pid, signal.SIGKILL)
                 break
     child.wait()
     seconds, _ = run_cli(store_url, env, *overrides)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import functools
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -31,12 +34,12 @@ class ServerStartError(RunFailure):
 def prefect_server() -> Iterator[None]:
     """The Prefect server for this command: the configured one, or a temporary local one.
 
-    The temporary server is Prefect's own, started here with SIGINT and SIGTERM blocked, a
-    mask it inherits: a Ctrl-C, which a terminal sends to the whole process group, or a
-    SIGTERM to the group (``timeout``, a service manager) then reaches only this process,
-    which records the run's end while the server still answers. The server stops when this
-    command does, in that order: the run's logs and events are sent (for at most
-    ``DRAIN_S``), then the server is killed and reaped.
+    The temporary server is Prefect's own, started in a session of its own: a Ctrl-C, which a
+    terminal sends to the whole process group, or a SIGTERM to the group (``timeout``, a
+    service manager) then reaches only this process, which records the run's end while the
+    server still answers. The server stops when this command does, in that order: the run's
+    logs and events are sent (for at most ``DRAIN_S``), then the server is stopped and reaped.
+    It also gets SIGTERM when this process dies otherwise (SIGKILL), so it is never orphaned.
     """
     from prefect.settings import (
         PREFECT_API_URL,
@@ -49,31 +52,48 @@ def prefect_server() -> Iterator[None]:
         return
     from prefect.server.api.server import SubprocessASGIServer
 
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    # The server inherits this environment: it must not try to reach anything off this
+    # host, so its analytics are off unless the user asked for them.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    server = SubprocessASGIServer()
+    # Prefect's 20 s default is missed on a loaded machine; a larger setting is kept.
+    timeout = max(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), SERVER_START_S)
     try:
-        # The server inherits this environment: it must not try to reach anything off this
-        # host, so its analytics are off unless the user asked for them.
-        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        server = SubprocessASGIServer()
-        # Prefect's 20 s default is missed on a loaded machine; a larger setting is kept.
-        timeout = max(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), SERVER_START_S)
-        try:
+        with _children_detached():
             server.start(timeout=timeout)  # registers its own stop at exit, a no-op after ours
-        except RuntimeError as err:
-            _stop_server(server)
-            raise ServerStartError(
-                f"the temporary Prefect server did not answer within {timeout} s ({err}); the "
-                "machine may be overloaded: set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS "
-                "higher, or point PREFECT_API_URL at a running server"
-            ) from None
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    except RuntimeError as err:
+        server.stop()
+        raise ServerStartError(
+            f"the temporary Prefect server did not answer within {timeout} s ({err}); the "
+            "machine may be overloaded: set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS "
+            "higher, or point PREFECT_API_URL at a running server"
+        ) from None
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield
     finally:
         drain_prefect_workers(DRAIN_S)
-        _stop_server(server)
+        server.stop()  # SIGTERM, then SIGKILL after 5 s; reaped either way
+
+
+def _detach_and_die_with_parent() -> None:
+    """In a child, before it runs: a session of its own, and SIGTERM when its parent dies."""
+    os.setsid()
+    if sys.platform == "linux":
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _children_detached() -> Iterator[None]:
+    """Processes started meanwhile (Prefect's server, which takes no such option) are detached
+    and die with this one."""
+    original = subprocess.Popen
+    subprocess.Popen = functools.partial(original, preexec_fn=_detach_and_die_with_parent)
+    try:
+        yield
+    finally:
+        subprocess.Popen = original
 
 
 def drain_prefect_workers(timeout: float) -> bool:
@@ -87,15 +107,6 @@ def drain_prefect_workers(timeout: float) -> bool:
         _, pending = service.drain_all(timeout=timeout, at_exit=False)
         finished = finished and not pending
     return finished
-
-
-def _stop_server(server) -> None:
-    """Kill the temporary server (SIGTERM is blocked in it) and reap it."""
-    process = server.server_process
-    if process is not None and process.poll() is None:
-        process.kill()
-        process.wait()
-    server.stop()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

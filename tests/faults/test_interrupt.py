@@ -39,7 +39,7 @@ def _states(prefect_home: Path) -> dict[str, set[str]]:
         }
 
 
-@pytest.mark.parametrize("how", ["SIGTERM", "SIGTERM to the group", "Ctrl-C"])
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGTERM to the group", "Ctrl-C", "SIGKILL"])
 def test_an_interrupted_run_stops_its_temporary_prefect_server(corpus_dir, tmp_path, how, cpu_hogs):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
@@ -76,13 +76,18 @@ def test_an_interrupted_run_stops_its_temporary_prefect_server(corpus_dir, tmp_p
         run.send_signal(signal.SIGTERM)  # to the command alone, as `kill` does
     elif how == "SIGTERM to the group":
         os.killpg(run.pid, signal.SIGTERM)  # as `timeout` or a service manager does
+    elif how == "SIGKILL":
+        run.kill()  # the command alone: its server must not be orphaned
     else:
         os.killpg(run.pid, signal.SIGINT)  # to the whole foreground group, as a terminal does
     output = run.communicate(timeout=300)[0].decode()
-    signum = signal.SIGINT if how == "Ctrl-C" else signal.SIGTERM
-    assert run.returncode == 128 + signum, output[-3000:]
     _, alive = psutil.wait_procs(children, timeout=60)
     assert not alive, [p.cmdline() for p in alive]
+    if how == "SIGKILL":
+        assert run.returncode == -signal.SIGKILL
+        return  # a killed process records nothing: the next run's stages resume
+    signum = signal.SIGINT if how == "Ctrl-C" else signal.SIGTERM
+    assert run.returncode == 128 + signum, output[-3000:]
     # The server recorded how the run ended before it stopped: nothing is left "running".
     states = _states(tmp_path / "prefect")
     assert "CRASHED" in states["flow_run"], states
