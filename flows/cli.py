@@ -96,17 +96,14 @@ def _children_detached() -> Iterator[None]:
         subprocess.Popen = original
 
 
-def drain_prefect_workers(timeout: float) -> bool:
-    """Send what Prefect's log and event workers still hold, for at most ``timeout`` seconds;
-    return whether they finished (else they are abandoned: ``main`` exits without them)."""
+def drain_prefect_workers(timeout: float) -> None:
+    """Send what Prefect's log and event workers still hold, waiting at most ``timeout``
+    seconds for each; what is left then is abandoned."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
-    finished = True
     for service in (APILogWorker, EventsWorker):
-        _, pending = service.drain_all(timeout=timeout, at_exit=False)
-        finished = finished and not pending
-    return finished
+        service.drain_all(timeout=timeout, at_exit=False)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

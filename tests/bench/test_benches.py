@@ -101,8 +101,8 @@ def test_resume_costs_bench_runs_on_a_few_steps():
 
 
 def test_data_stages_bench_prints_workers_rerun_memory_and_projection():
-    out = _run_bench("data_stages.py", "--megabytes", "30", "--repeats", "2")
-    assert "in each of 2 pair(s) of runs" in out
+    out = _run_bench("data_stages.py", "--megabytes", "30", "--repeats", "1")
+    assert "in each of 1 pair(s) of runs" in out
     assert "1 worker (baseline)" in out and "2 workers" in out
     assert "rerun after +5% files" in out and "of the first run's" in out
     assert "peak memory per worker" in out and "4 machines x 16 cores" in out
