@@ -30,6 +30,10 @@ LOCK_TTL_ENV = Settings.variable("lock_ttl_seconds")
 POLL_SECONDS = 1.0
 # A lock object that stays unreadable this long is garbage (a crash mid-write, or planted).
 GARBAGE_SECONDS = 5.0
+# The owners whose locks this process holds now: a lock of this process's pid whose owner is not
+# among them was left by an attempt that has ended.
+_HELD_HERE: set[str] = set()
+_HELD_HERE_GUARD = threading.Lock()
 
 
 def _process_alive(pid: int) -> bool:
@@ -92,8 +96,14 @@ class StageLock:
         return beat
 
     def _is_stale(self, lock: dict) -> bool:
-        if lock.get("host") == socket.gethostname() and not _process_alive(int(lock["pid"])):
-            return True
+        if lock.get("host") == socket.gethostname():
+            pid = int(lock["pid"])
+            if not _process_alive(pid):
+                return True
+            if pid == os.getpid():
+                with _HELD_HERE_GUARD:
+                    if lock.get("owner") not in _HELD_HERE:
+                        return True
         return time.time() - self._last_beat(lock) > self.ttl
 
     def _read_lock(self) -> dict | None:
@@ -184,23 +194,31 @@ class StageLock:
 
         Yields whether the lock is held.
         """
-        waited = False
-        while not self._try_acquire():
-            if until():
-                yield False
-                return
-            if not waited:
-                self.log.info("%s is held by another run; waiting for it", self.store.uri(self.rel))
-                waited = True
-            time.sleep(POLL_SECONDS)
-        beat = threading.Thread(target=self._heartbeat, daemon=True)
-        beat.start()
+        with _HELD_HERE_GUARD:  # before the lock exists, so no one here takes it for stale
+            _HELD_HERE.add(self.owner)
         try:
-            yield True
+            waited = False
+            while not self._try_acquire():
+                if until():
+                    yield False
+                    return
+                if not waited:
+                    self.log.info(
+                        "%s is held by another run; waiting for it", self.store.uri(self.rel)
+                    )
+                    waited = True
+                time.sleep(POLL_SECONDS)
+            beat = threading.Thread(target=self._heartbeat, daemon=True)
+            beat.start()
+            try:
+                yield True
+            finally:
+                self._stop.set()
+                beat.join()
+                with contextlib.suppress(Exception):
+                    self.store.remove(heartbeat_rel(self.rel, self.owner))
+                    if (self._holder() or {}).get("owner") == self.owner:
+                        self.store.remove(self.rel)
         finally:
-            self._stop.set()
-            beat.join()
-            with contextlib.suppress(Exception):
-                self.store.remove(heartbeat_rel(self.rel, self.owner))
-                if (self._holder() or {}).get("owner") == self.owner:
-                    self.store.remove(self.rel)
+            with _HELD_HERE_GUARD:
+                _HELD_HERE.discard(self.owner)

@@ -183,6 +183,27 @@ def test_a_lock_left_by_a_dead_process_is_broken(store):
     assert calls == [1]
 
 
+def test_a_lock_left_by_an_ended_attempt_of_this_process_is_taken_at_once(store):
+    import json
+    import os
+    import socket
+    import time
+
+    from storage.lock import StageLock
+
+    rel = f"{SPEC.prefix}/_lock.json"
+    # What an attempt leaves when the store was unreachable as it released: a fresh heartbeat.
+    left = {"owner": "a" * 32, "host": socket.gethostname(), "pid": os.getpid()}
+    store.write_bytes(rel, json.dumps({**left, "heartbeat": time.time()}).encode())
+    retry = StageLock(store, rel, LOG)
+    with retry.hold(until=lambda: True) as held:
+        assert held and store.read_json(rel)["owner"] == retry.owner
+        # A lock this process holds now is not stale to another thread of it.
+        with StageLock(store, rel, LOG).hold(until=lambda: True) as second:
+            assert not second
+    assert not store.exists(rel)
+
+
 def test_a_planted_lock_owner_names_no_object_to_remove(store):
     import json
     import socket
