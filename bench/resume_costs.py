@@ -8,9 +8,11 @@ Starts a SeaweedFS S3 server on free 127.0.0.1 ports, then runs the ``codeparrot
    steps and seconds lost against the uninterrupted run's step time;
 3. checkpoint overhead: the seconds spent saving checkpoints as a share of training time.
 
-    python bench/resume_costs.py [--kill-after-step 250] [--set section.field=value ...]
+    python bench/resume_costs.py [--kill-after-step 250] [--stores local,s3]
+                                 [--set section.field=value ...]
 
-``--set`` is passed to every run (the test suite runs this bench on a few steps with it).
+``--set`` is passed to every run (the test suite runs this bench on a few steps with it, on S3
+only). The kill and rerun of step 2 always use S3.
 """
 
 from __future__ import annotations
@@ -86,10 +88,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kill-after-step", type=int, default=250)
     parser.add_argument(
+        "--stores",
+        default="local,s3",
+        help="which stores step 1 measures, comma-separated: local (the baseline), s3",
+    )
+    parser.add_argument(
         "--set", action="append", default=[], dest="overrides", metavar="SECTION.FIELD=VALUE"
     )
     args = parser.parse_args()
+    chosen = args.stores.split(",")
+    if not set(chosen) <= {"local", "s3"}:
+        parser.error("--stores takes a comma-separated list of local and s3")
     work = Path(tempfile.mkdtemp(prefix="resume-costs-"))
+    stores = {"local": str(work / "store"), "s3": "s3://bench/store"}
     server = SeaweedFS(work / "seaweedfs", "bench", secrets.token_hex(16))
     server.start()
     try:
@@ -98,7 +109,8 @@ def main() -> None:
         os.environ.update(server.environment())
         Store("s3://bench").fs.mkdir("bench")
         figures = {}
-        for name, url in (("local", str(work / "store")), ("s3", "s3://bench/store")):
+        for name in chosen:
+            url = stores[name]
             first, _ = run_cli(url, env, *args.overrides)
             rerun, _ = run_cli(url, env, *args.overrides)
             counts = training_counts(Store(url))

@@ -16,13 +16,14 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run_bench(script: str, *args: str, timeout: int = 600) -> str:
+def _run_bench(script: str, *args: str, timeout: int = 600, env: dict | None = None) -> str:
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / script), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
     assert done.returncode == 0, f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
@@ -76,10 +77,16 @@ def test_train_throughput_bench_prints_both_loops_and_the_checkpoint_share():
     assert "checkpoints every 1 steps" in out
 
 
-def test_resume_costs_bench_runs_on_a_few_steps():
+def test_resume_costs_bench_runs_on_a_few_steps(prefect_server):
+    from prefect.settings import PREFECT_API_URL
+
+    # Its runs report to the session's Prefect server and run the group tasks in-process:
+    # the bench's own figures include a temporary server and a Dask cluster per run.
+    env = {"PREFECT_API_URL": PREFECT_API_URL.value(), "CODEPARROT_DASK_ADDRESS": "none"}
     out = _run_bench(
         "resume_costs.py",
         "--kill-after-step=8",
+        "--stores=s3",
         *[
             f"--set={item}"
             for item in (
@@ -95,9 +102,12 @@ def test_resume_costs_bench_runs_on_a_few_steps():
                 "evaluate.api_cases=8",
             )
         ],
+        env=env,
     )
-    assert out.count("first_run_s") == 2  # the local folder, then S3
-    assert '"killed_at_step": 8' in out and "lost_steps" in out
+    figures = [line for line in out.splitlines() if "first_run_s" in line]
+    assert [line.split()[0] for line in figures] == ["s3"]
+    kill = json.loads(out[out.index("kill: ") + len("kill: ") :].splitlines()[0])
+    assert kill["killed_at_step"] == 8 and kill["lost_steps"] == 8 - kill["resumed_from_step"]
 
 
 def test_data_stages_bench_prints_workers_rerun_memory_and_projection():
