@@ -83,11 +83,17 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser):
-    """A fresh page of 1400 × 1000 pixels."""
+def new_page(browser):
+    """A fresh browser context and its page of 1400 × 1000 pixels."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(30_000)
+    return context, page
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page of 1400 × 1000 pixels."""
+    context, page = new_page(browser)
     yield page
     context.close()

@@ -2,7 +2,8 @@
 
 (a) a custom run from the form, a preset and one override, training on the gpu pool; then
 the same run again, reused from the store; (b) an edit of the nightly schedule's time keeps
-training on the gpu pool; (c) every artifact page shows its content, and the model's "Try it"
+training on the gpu pool (edited first, checked last: the other tests run while its minute
+comes); (c) every artifact page shows its content, and the model's "Try it"
 command works as printed; (d) a bad value is refused in the form, and a bad corpus root is
 one clear line in the run's logs.
 """
@@ -36,6 +37,7 @@ from flows.artifacts import (
 )
 from tasks.train.progress import PROGRESS_KEY
 from tests.prefect_runs import child_runs, logs_once, run_logs, wait_for_run
+from tests.ui.conftest import new_page
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +94,11 @@ def _submit(page) -> UUID:
     return UUID(created.value.json()["id"])
 
 
+def _runs_made_by_hand(client) -> int:
+    """Flow runs not created by the scheduler (which adds a nightly run whenever one starts)."""
+    return sum(not run.auto_scheduled for run in client.read_flow_runs())
+
+
 def _run_from_form(page, ui_stack) -> tuple[FlowRun, float]:
     _custom_run_form(page, ui_stack)
     preset = _property(page, "preset")
@@ -101,6 +108,41 @@ def _run_from_form(page, ui_stack) -> tuple[FlowRun, float]:
     run_id = _submit(page)
     run = wait_for_run(ui_stack.client, run_id, ui_stack.root, RUN_TIMEOUT)
     return run, time.monotonic() - started
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nightly_due(browser, ui_stack) -> datetime:
+    """The nightly schedule's time, edited in the UI before this module's first test, to a whole
+    minute at least 60 s ahead: the dialog, the save and the scheduler's next loop must all come
+    before it, on a loaded 2-core machine too (15 s was not enough in CI). The other tests run
+    while that minute comes; the last one checks the run it started."""
+    context, page = new_page(browser)
+    _open_deployment(page, ui_stack, "nightly")
+    page.locator(".deployment-schedule__menu button").click()
+    page.get_by_text("Edit", exact=True).click()
+    dialog = page.get_by_role("dialog")
+    inputs = dialog.locator("input")
+    inputs.first.wait_for()
+    [cron] = [
+        inputs.nth(i) for i in range(inputs.count()) if inputs.nth(i).input_value() == "0 2 * * *"
+    ]
+    due = (datetime.now(UTC) + timedelta(seconds=120)).replace(second=0, microsecond=0)
+    cron.fill(f"{due.minute} {due.hour} * * *")
+    dialog.get_by_role("button", name="Save").click()
+    page.get_by_text(f"At {due:%I:%M %p} every day").wait_for()
+    # The page shows the new time before its request is done: closing it at once can drop
+    # the edit, so wait until the server holds it.
+    deadline = time.monotonic() + 60
+    while _nightly_cron(ui_stack.client) != f"{due.minute} {due.hour} * * *":
+        assert time.monotonic() < deadline, "the server never got the edited nightly time"
+        time.sleep(0.5)
+    context.close()
+    return due
+
+
+def _nightly_cron(client) -> str:
+    [schedule] = client.read_deployment_by_name("codeparrot-ds-pipeline/nightly").schedules
+    return schedule.schedule.cron
 
 
 def test_a_custom_run_from_the_form_trains_on_the_gpu_pool_then_is_reused(page, ui_stack):
@@ -129,47 +171,6 @@ def test_a_custom_run_from_the_form_trains_on_the_gpu_pool_then_is_reused(page, 
     assert values["train stage"].startswith(
         f"reused from the store: built by flow run {child.name}"
     )
-
-
-def test_editing_the_nightly_time_in_the_ui_keeps_training_on_the_gpu_pool(page, ui_stack):
-    _open_deployment(page, ui_stack, "nightly")
-    page.locator(".deployment-schedule__menu button").click()
-    page.get_by_text("Edit", exact=True).click()
-    dialog = page.get_by_role("dialog")
-    inputs = dialog.locator("input")
-    inputs.first.wait_for()
-    [cron] = [
-        inputs.nth(i) for i in range(inputs.count()) if inputs.nth(i).input_value() == "0 2 * * *"
-    ]
-    # A whole minute at least 60 s ahead: the dialog, the save and the scheduler's next loop
-    # must all come before it, on a loaded 2-core machine too (15 s was not enough in CI).
-    due = (datetime.now(UTC) + timedelta(seconds=120)).replace(second=0, microsecond=0)
-    cron.fill(f"{due.minute} {due.hour} * * *")
-    dialog.get_by_role("button", name="Save").click()
-    page.get_by_text(f"At {due:%I:%M %p} every day").wait_for()
-
-    deadline = time.monotonic() + RUN_TIMEOUT
-    nightly = None
-    while time.monotonic() < deadline and nightly is None:
-        runs = ui_stack.client.read_flow_runs(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["nightly"])),
-            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
-        )
-        nightly = next((r for r in runs if r.expected_start_time == due), None)
-        time.sleep(1)
-    assert nightly is not None, "the scheduler created no run at the edited time"
-    assert nightly.auto_scheduled
-    run = wait_for_run(ui_stack.client, nightly.id, ui_stack.root, RUN_TIMEOUT)
-    # The failure's line is among the last shipped: it may reach the server after the state.
-    logs = logs_once(ui_stack.client, run.id, lambda ms: any(m.startswith("failed: ") for m in ms))
-    # The route and the preset come from the deployment, whatever the schedule stored.
-    print("the scheduled run's parameters:", run.parameters)
-    assert ROUTE_LINE in logs
-    assert any(m.startswith("settings: preset ds") for m in logs)
-    # ds reads the package index, which is a closed port here: one clear line says so.
-    assert run.state.is_failed()
-    errors = [m for m in logs if m.startswith("failed: ")]
-    assert len(errors) == 1 and "cannot reach the package index" in errors[0], logs
 
 
 def test_every_artifact_page_shows_its_content(page, ui_stack):
@@ -207,7 +208,7 @@ def test_every_artifact_page_shows_its_content(page, ui_stack):
 
 def test_bad_values_are_refused_in_the_form_or_shown_as_one_line(page, ui_stack):
     _custom_run_form(page, ui_stack)
-    before = len(ui_stack.client.read_flow_runs())
+    before = _runs_made_by_hand(ui_stack.client)
     config = _property(page, "config")
     config.get_by_role("button", name="PipelineConfig", exact=True).click()
     # The innermost property with that label: the field itself, not its sections.
@@ -215,7 +216,7 @@ def test_bad_values_are_refused_in_the_form_or_shown_as_one_line(page, ui_stack)
     page.get_by_role("button", name="Submit").click()
     page.get_by_text("Validation failed for field 'config.train.learning_rate'").first.wait_for()
     assert re.search(r"/run\b", page.url)
-    assert len(ui_stack.client.read_flow_runs()) == before
+    assert _runs_made_by_hand(ui_stack.client) == before
 
     _custom_run_form(page, ui_stack)
     missing = ui_stack.root / "no-such-folder"
@@ -228,3 +229,31 @@ def test_bad_values_are_refused_in_the_form_or_shown_as_one_line(page, ui_stack)
     assert page.get_by_text("Traceback").count() == 0
     errors = [m for m in run_logs(ui_stack.client, run.id) if m.startswith("failed: ")]
     assert errors == [f"failed: {clear} (CorpusError)"]
+
+
+def test_editing_the_nightly_time_in_the_ui_keeps_training_on_the_gpu_pool(nightly_due, ui_stack):
+    deadline = time.monotonic() + RUN_TIMEOUT
+    nightly = None
+    while time.monotonic() < deadline and nightly is None:
+        runs = ui_stack.client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["nightly"])),
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+        )
+        nightly = next((r for r in runs if r.expected_start_time == nightly_due), None)
+        time.sleep(1)
+    assert nightly is not None, (
+        f"the scheduler created no run at the edited time {nightly_due}; the first runs: "
+        f"{[(r.expected_start_time, r.state_name, r.auto_scheduled) for r in runs[:5]]}"
+    )
+    assert nightly.auto_scheduled
+    run = wait_for_run(ui_stack.client, nightly.id, ui_stack.root, RUN_TIMEOUT)
+    # The failure's line is among the last shipped: it may reach the server after the state.
+    logs = logs_once(ui_stack.client, run.id, lambda ms: any(m.startswith("failed: ") for m in ms))
+    # The route and the preset come from the deployment, whatever the schedule stored.
+    print("the scheduled run's parameters:", run.parameters)
+    assert ROUTE_LINE in logs
+    assert any(m.startswith("settings: preset ds") for m in logs)
+    # ds reads the package index, which is a closed port here: one clear line says so.
+    assert run.state.is_failed()
+    errors = [m for m in logs if m.startswith("failed: ")]
+    assert len(errors) == 1 and "cannot reach the package index" in errors[0], logs
