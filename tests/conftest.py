@@ -11,7 +11,7 @@ from functools import partial
 
 import pytest
 
-# Before any task module is imported: stage retries wait seconds, not minutes, in tests.
+# Stage retries wait seconds, not minutes, in tests (read when a task retries).
 os.environ.setdefault("CODEPARROT_IO_RETRY_DELAYS", "1,3,8")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the Hub

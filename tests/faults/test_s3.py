@@ -125,10 +125,19 @@ def test_server_down_mid_stage_is_retried_until_it_is_back(
 
 
 def test_server_that_stays_down_fails_clearly_and_commits_nothing(
-    prefect_server, seaweedfs, s3_store, session_store, documents_ref, tokenizer_ref, tokenizer
+    prefect_server,
+    seaweedfs,
+    s3_store,
+    session_store,
+    documents_ref,
+    tokenizer_ref,
+    tokenizer,
+    monkeypatch,
 ):
     from prefect import flow
 
+    # One retry shows that retries give up: the suite's three would only wait longer.
+    monkeypatch.setenv("CODEPARROT_IO_RETRY_DELAYS", "1")
     spec, tokenize = _tokenize_stage(
         session_store, documents_ref, tokenizer_ref, tokenizer, s3_store
     )
