@@ -28,16 +28,21 @@ from prefect_dask import DaskTaskRunner
 
 from flows.cli import prefect_server
 from flows.data import SCHEDULER_CONFIG, DataConfig, local_cluster_settings, prepare_data
+from tasks.corpus import CORPUS
 from tasks.corpus.build import CorpusConfig, default_roots, list_python_files
 from tasks.corpus.groups import path_hash
+from tasks.filter import FILTER
 from tasks.filter.build import FilterConfig
+from tasks.tokenize import TOKENIZE
 from tasks.tokenize.build import TokenizeConfig
+from tasks.tokenizer import TOKENIZER
 from tasks.tokenizer.build import TokenizerConfig
 
 COURSE_FILES = 606_720
 COURSE_TOKENS = 2.1e9
-# Tasks that run in the flow's own process (not mapped over groups).
-IN_FLOW_TASKS = ("stream-corpus", "deduplicate-groups", "train-tokenizer", "join-token-groups")
+# Tasks that run in the flow's own process (not mapped over groups); the filter stage's join
+# is where near-duplicates are removed across groups.
+IN_FLOW_TASKS = (CORPUS.name, FILTER.name, TOKENIZER.name, TOKENIZE.name)
 NEW_SHARE = 0.05
 WORD = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)\b")
 
@@ -175,7 +180,7 @@ def mapped_seconds(figures: dict) -> float:
     """Wall time of the two mapped phases: first filter task start to last filter task end,
     and the same for tokenize."""
     tasks = figures["tasks"]
-    return tasks.get("filter-by-keywords (wall)", 0.0) + tasks.get("tokenize-to-shards (wall)", 0.0)
+    return sum(tasks.get(f"{s.group_task_name} (wall)", 0.0) for s in (FILTER, TOKENIZE))
 
 
 def speedup(one: dict, many: dict) -> float:
@@ -229,8 +234,8 @@ def main() -> None:
             tokenizer_ref = tokenizer_run["result"]["tokenizer"]
             pinned = f"file://{work / 'tokenizer'}/{tokenizer_ref.prefix}/tokenizer"
             print(
-                f"tokenizer trained in {tokenizer_run['tasks'].get('train-tokenizer', 0):.1f} s"
-                f" (sample of {tokenizer_ref.counts}), then pinned: {pinned}"
+                f"tokenizer trained in {tokenizer_run['tasks'].get(TOKENIZER.name, 0):.1f} s"
+                f" ({tokenizer_ref.counts['vocab_size']:,} tokens), then pinned: {pinned}"
             )
             config = data_config(roots, pinned, limit, args.group_files)
             # 1 and N workers in turn, each run on a fresh store; the pair with the median
@@ -294,12 +299,12 @@ def main() -> None:
 
     # Projection from the 1-worker run's per-task seconds.
     counts = one["result"]["tokenize"].counts
-    tokenize_s = one["tasks"].get("tokenize-to-shards", 0.0)
-    dedup_s = one["tasks"].get("deduplicate-groups", 0.0)
+    tokenize_s = one["tasks"].get(TOKENIZE.group_task_name, 0.0)
+    dedup_s = one["tasks"].get(FILTER.name, 0.0)
     files = one["result"]["corpus"].counts["files"]
     tokens = counts["train_tokens"] + counts["valid_tokens"]
     kept = one["result"]["filter"].counts["kept"]
-    per_file = one["tasks"].get("filter-by-keywords", 0.0) / files
+    per_file = one["tasks"].get(FILTER.group_task_name, 0.0) / files
     per_token = tokenize_s / tokens
     per_kept = dedup_s / kept
     efficiency = one["wall"] / many["wall"] / args.workers
@@ -347,6 +352,10 @@ def main() -> None:
                     "rerun": rerun["wall"],
                     "peaks_quarter": quarter["peak_mib"],
                     "peaks_full": many["peak_mib"],
+                    "mapped_one": mapped_seconds(one),
+                    "mapped_many": mapped_seconds(many),
+                    "tokenizer_seconds": tokenizer_run["tasks"].get(TOKENIZER.name, 0.0),
+                    "per_token_us": per_token * 1e6,
                 }
             )
         )

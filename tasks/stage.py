@@ -180,9 +180,14 @@ class Stage:
         return (self.group_folder, self.name) if self.per_group else (self.name,)
 
     @property
+    def group_task_name(self) -> str:
+        """The Prefect task that builds one group's output, as the UI shows it."""
+        return f"{self.name}-group"
+
+    @property
     def task_names(self) -> tuple[str, ...]:
         """Its Prefect tasks' names, as the UI shows them."""
-        return (f"{self.name}-group", self.name) if self.per_group else (self.name,)
+        return (self.group_task_name, self.name) if self.per_group else (self.name,)
 
     def code_roots(self, group: bool = False) -> tuple[str, ...]:
         """The module whose import closure an output's key hashes."""

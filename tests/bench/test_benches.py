@@ -94,8 +94,15 @@ def test_resume_costs_bench_runs_on_a_few_steps(prefect_server):
     assert kill["killed_at_step"] == 8 and kill["lost_steps"] == 8 - kill["resumed_from_step"]
 
 
-def test_data_stages_bench_prints_workers_rerun_memory_and_projection():
-    out = _run_bench("data_stages.py", "--megabytes", "30", "--repeats", "1")
+def test_data_stages_bench_prints_workers_rerun_memory_and_projection(tmp_path):
+    figures_path = tmp_path / "figures.json"
+    out = _run_bench(
+        "data_stages.py", "--megabytes", "30", "--repeats", "1", "--json", str(figures_path)
+    )
+    figures = json.loads(figures_path.read_text())
+    # Each phase's time is found under the stage's own task names.
+    assert figures["mapped_one"] > 0 and figures["mapped_many"] > 0
+    assert figures["tokenizer_seconds"] > 0 and figures["per_token_us"] > 0
     assert "in each of 1 pair(s) of runs" in out
     assert "1 worker (baseline)" in out and "2 workers" in out
     assert "rerun after +5% files" in out and "of the first run's" in out
