@@ -2,10 +2,16 @@
 
 The child is a fresh ``python -I`` (isolated: no environment variables, no user site, not the
 current folder on the path). Before it runs the program it leaves the network (its own empty
-network namespace), drops root to ``nobody`` (so host files are out of reach, and nobody's
-process count bounds a fork bomb), and sets limits on address space, CPU time, file size and
-open files. The parent kills the whole process group at the wall-clock timeout. The program
-runs in a temporary folder that is removed afterwards.
+network namespace) and sets limits on address space, CPU time, file size and open files. The
+parent kills the whole process group at the wall-clock timeout.
+
+Run as root, the child also leaves the host's mounts: it builds a root of its own on a small
+tmpfs, with read-only binds of the system folders and the interpreter's (so neither the store,
+published models, home folders nor the project are there), a ``/tmp`` and ``/dev/shm`` on that
+tmpfs (gone when the program ends), ``chroot``s into it and drops to ``nobody`` (no capability
+left to leave it; nobody's process count bounds a fork bomb). Only then is the program read and
+run, so the modules it imports run as ``nobody`` too. Run as another user, the child keeps that
+user's view of the files and runs the program in a temporary folder that is removed afterwards.
 """
 
 from __future__ import annotations
@@ -23,52 +29,91 @@ from storage.errors import UserError
 # The child's exit status when it could not isolate itself: it then runs nothing.
 NO_SANDBOX_STATUS = 97
 NOBODY = 65534
+# What the program's root holds, read-only (besides the interpreter's own prefixes); a path
+# the machine lacks is left out, and a link is copied as a link.
+SYSTEM_FOLDERS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
 
-# Run by the child before the program. It reads the program from stdin and the limits from
-# argv; it imports only the standard library, and what the program imports.
+# Run by the child before the program. It reads the limits from argv and the program from
+# stdin; it imports only the standard library, and what the program imports.
 _HARNESS = r"""
-import ast, ctypes, importlib, os, resource, sys
-CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
+import ctypes, os, resource, sys
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x20000, 0x10000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
+    1, 2, 4, 32, 4096, 16384, 1 << 18)
 memory, cpu_seconds, file_bytes = (int(v) for v in sys.argv[1:4])
 libc = ctypes.CDLL(None, use_errno=True)
-root = os.geteuid() == 0
-if libc.unshare(CLONE_NEWNET if root else CLONE_NEWUSER | CLONE_NEWNET) != 0:
-    errno = ctypes.get_errno()
-    sys.stderr.write("sandbox: cannot leave the network (unshare errno {})\n".format(errno))
+
+def refuse(what):
+    sys.stderr.write("sandbox: cannot {} (errno {})\n".format(what, ctypes.get_errno()))
     os._exit(NO_SANDBOX_STATUS)
-program = sys.stdin.read()
-try:
-    tree = ast.parse(program)
-except SyntaxError as err:
-    sys.exit("generated code does not parse: {}".format(err))
-# Imports are resolved before root is dropped: the interpreter's library may lie in a folder
-# that nobody cannot read (the codec socket functions load lazily, too). Only installed modules
-# can be found (-I: no cwd, no user site).
-import encodings.idna
-for node in ast.walk(tree):
-    names = []
-    if isinstance(node, ast.Import):
-        names = [alias.name for alias in node.names]
-    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-        names = [node.module] + [node.module + "." + alias.name for alias in node.names]
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except Exception:
-            pass
+
+def mount(source, target, fstype, flags, data):
+    args = [None if v is None else v.encode() for v in (source, target, fstype, data)]
+    if libc.mount(args[0], args[1], args[2], flags, args[3]) != 0:
+        refuse("mount {}".format(target))
+
+def own_root(new):
+    # Every folder on the path to a bind is this tmpfs's, so nobody can walk to it.
+    mount("sandbox", new, "tmpfs", MS_NOSUID | MS_NODEV,
+          "size={},nr_inodes=4096,mode=755".format(4 * file_bytes))
+    prefixes = [p for p in {sys.base_prefix, sys.prefix} if p not in ("", "/")]
+    binds = sorted(p for p in (*SYSTEM_FOLDERS, *prefixes) if os.path.lexists(p))
+    for path in binds:
+        if any(path.startswith(other + "/") for other in binds):
+            continue
+        target = new + path
+        if os.path.islink(path):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.symlink(os.readlink(path), target)
+            continue
+        os.makedirs(target, exist_ok=True)
+        mount(path, target, None, MS_BIND | MS_REC, None)
+        mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+    os.makedirs(new + "/dev", exist_ok=True)
+    for device in DEVICES:
+        if os.path.exists(device):
+            open(new + device, "w").close()
+            mount(device, new + device, None, MS_BIND, None)
+    for scratch in ("/tmp", "/dev/shm"):
+        os.makedirs(new + scratch, exist_ok=True)
+        os.chmod(new + scratch, 0o1777)
+    os.chroot(new)
+    os.chdir("/tmp")
+    os.environ["HOME"] = os.environ["TMPDIR"] = "/tmp"
+
+root = os.geteuid() == 0
 if root:
+    if libc.unshare(CLONE_NEWNS | CLONE_NEWNET) != 0:
+        refuse("leave the network and the host's mounts (unshare)")
+    mount(None, "/", None, MS_REC | MS_PRIVATE, None)  # nothing here reaches the host
+    own_root(os.getcwd())
     os.setgroups([])
     os.setgid(NOBODY)
     os.setuid(NOBODY)
     # nobody runs nothing else here, so this bounds the program's own processes: no fork bomb.
     resource.setrlimit(resource.RLIMIT_NPROC, (32, 32))
+elif libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
+    refuse("leave the network (unshare)")
 resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
 resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
 del ctypes, libc, resource
-exec(compile(tree, "<generated>", "exec"), {"__name__": "__main__"})
-""".replace("NO_SANDBOX_STATUS", str(NO_SANDBOX_STATUS)).replace("NOBODY", str(NOBODY))
+program = sys.stdin.read()
+try:
+    code = compile(program, "<generated>", "exec")
+except SyntaxError as err:
+    sys.exit("generated code does not parse: {}".format(err))
+exec(code, {"__name__": "__main__"})
+"""
+for _name, _value in {
+    "NO_SANDBOX_STATUS": str(NO_SANDBOX_STATUS),
+    "NOBODY": str(NOBODY),
+    "SYSTEM_FOLDERS": repr(SYSTEM_FOLDERS),
+    "DEVICES": repr(DEVICES),
+}.items():
+    _HARNESS = _HARNESS.replace(_name, _value)
 
 
 class SandboxError(UserError, RuntimeError):
@@ -104,8 +149,6 @@ def run_sandboxed(program: str, limits: Limits) -> Outcome:
     # stderr goes to a file, which the child's file-size limit bounds; a pipe would let a
     # program fill this process's memory.
     with tempfile.TemporaryDirectory(prefix="sandbox-") as scratch, tempfile.TemporaryFile() as err:
-        if os.geteuid() == 0:
-            os.chown(scratch, NOBODY, NOBODY)
         argv = [
             sys.executable,
             "-I",
@@ -118,7 +161,14 @@ def run_sandboxed(program: str, limits: Limits) -> Outcome:
         child = subprocess.Popen(
             argv,
             cwd=scratch,
-            env={"PATH": "/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch},
+            # One BLAS thread: every sandbox shares nobody's process limit, threads included.
+            env={
+                "PATH": "/usr/bin:/bin",
+                "HOME": scratch,
+                "TMPDIR": scratch,
+                "OPENBLAS_NUM_THREADS": "1",
+                "OMP_NUM_THREADS": "1",
+            },
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=err,
@@ -139,8 +189,9 @@ def run_sandboxed(program: str, limits: Limits) -> Outcome:
         return Outcome("timeout")
     if child.returncode == NO_SANDBOX_STATUS and message.startswith("sandbox:"):
         raise SandboxError(
-            f"{message.strip()}; generated code runs only without network, so run the "
-            "HumanEval evaluation where user or network namespaces are allowed (e.g. sysctl "
-            "kernel.unprivileged_userns_clone=1) or turn it off"
+            f"{message.strip()}; generated code runs only isolated (no network; as root, no "
+            "host mounts), so run the HumanEval evaluation where these namespaces are allowed "
+            "(e.g. sysctl kernel.unprivileged_userns_clone=1, or a container that may unshare) "
+            "or turn it off with evaluate.humaneval=false"
         )
     return Outcome("passed" if child.returncode == 0 else "failed")

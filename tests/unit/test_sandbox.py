@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import socket
 import time
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -79,6 +81,35 @@ def test_it_works_in_a_scratch_folder_and_cannot_write_host_files(tmp_path):
     if os.geteuid() == 0:
         # Root's code would write anywhere; the sandbox runs it as nobody.
         assert not target.exists()
+
+
+AS_ROOT = pytest.mark.skipif(
+    os.geteuid() != 0, reason="the sandbox builds its own root where it runs as root"
+)
+PROJECT_FILE = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
+@AS_ROOT
+def test_the_program_sees_no_host_files_and_its_imports_run_as_nobody():
+    assert PROJECT_FILE.stat().st_mode & 0o004  # a file that nobody may read on the host
+    # Nothing of the program is imported before it runs: its imports run as nobody.
+    late_import = "import sys\nsys.exit(1 if 'decimal' in sys.modules else 0)\nimport decimal\n"
+    assert run_sandboxed(late_import, LIMITS).passed
+    assert run_sandboxed("import os, sys\nsys.exit(os.geteuid() != 65534)\n", LIMITS).passed
+    looks = f"import os, sys\nsys.exit(os.path.exists({str(PROJECT_FILE)!r}))\n"
+    assert run_sandboxed(looks, LIMITS).passed
+    # The standard library and the installed packages are there, read-only.
+    uses = "import json, packaging.version\nopen(json.__file__, 'a')\n"
+    assert run_sandboxed(uses.replace("open(json.__file__, 'a')\n", ""), LIMITS).passed
+    assert run_sandboxed(uses, LIMITS).reason == "failed"
+
+
+@AS_ROOT
+def test_its_scratch_and_shared_memory_files_are_gone_when_it_ends():
+    names = [f"/tmp/sandbox-test-{uuid.uuid4().hex}", f"/dev/shm/sandbox-test-{uuid.uuid4().hex}"]
+    program = "".join(f"open({name!r}, 'w').write('x')\n" for name in names)
+    assert run_sandboxed(program, LIMITS).passed
+    assert not any(Path(name).exists() for name in names)
 
 
 def test_humaneval_canonical_solutions_pass_and_wrong_bodies_fail():
