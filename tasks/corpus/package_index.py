@@ -13,7 +13,6 @@ import http.client
 import io
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -26,10 +25,10 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from html.parser import HTMLParser
 
 from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist_filename
 from packaging.version import Version
+from pypi_simple import ProjectPage, UnsupportedRepoVersionError
 
 from storage.errors import UserError
 from storage.store import DamagedObjectError, Store
@@ -169,73 +168,29 @@ def _index_error(url: str, err: BaseException) -> PackageIndexError:
     )
 
 
-class _Links(HTMLParser):
-    """The anchors of a PEP 503 page: (href, text, whether it is yanked)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.links: list[tuple[str, str, bool]] = []
-        self._href: str | None = None
-        self._yanked = False
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "a":
-            attributes = dict(attrs)
-            self._href = attributes.get("href")
-            self._yanked = "data-yanked" in attributes
-
-    def handle_data(self, data):
-        if self._href is not None:
-            self.links.append((self._href, data.strip(), self._yanked))
-            self._href = None
-
-
 def project_files(index_url: str, package: str) -> list[dict]:
-    """The files the index lists for a package: filename, absolute url, sha256 (or None)."""
+    """The unyanked files the index lists for a package: filename, absolute url, sha256 (or
+    None). Either page kind is parsed by ``pypi-simple``; a page that is neither is a clear
+    error."""
     page = f"{index_url.rstrip('/')}/{canonicalize_name(package)}/"
     accept = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
     body, content_type = _get(page, accept, PAGE_DEADLINE_SECONDS)
-    files = []
-    if "json" in content_type:
-        return _json_files(page, body)
-    parser = _Links()
-    parser.feed(body.decode("utf-8", "replace"))
-    for href, text, yanked in parser.links:
-        if yanked:  # PEP 592: the HTML page's data-yanked, as the JSON page's "yanked"
-            continue
-        url, _, fragment = urllib.parse.urljoin(page, href).partition("#")
-        digest = re.fullmatch(r"sha256=([0-9a-f]{64})", fragment)
-        files.append({"filename": text, "url": url, "sha256": digest and digest.group(1)})
-    return files
-
-
-def _json_files(page: str, body: bytes) -> list[dict]:
-    """The unyanked files of a PEP 691 JSON page; a page that is not one is a clear error."""
-    problem = f"{page} is not a PEP 691 project page"
+    is_json = "json" in content_type
     try:
-        listed = json.loads(body)["files"]
-    except (ValueError, KeyError, TypeError):
-        raise PackageIndexError(problem) from None
-    if not isinstance(listed, list):
-        raise PackageIndexError(f"{problem}: 'files' is not a list")
-    files = []
-    for number, entry in enumerate(listed):
-        if not isinstance(entry, dict) or not all(
-            isinstance(entry.get(key), str) for key in ("filename", "url")
-        ):
-            raise PackageIndexError(f"{problem}: file {number} has no filename and url")
-        if entry.get("yanked"):
-            continue
-        hashes = entry.get("hashes")
-        digest = hashes.get("sha256") if isinstance(hashes, dict) else None
-        files.append(
-            {
-                "filename": entry["filename"],
-                "url": urllib.parse.urljoin(page, entry["url"]),
-                "sha256": digest if isinstance(digest, str) else None,
-            }
-        )
-    return files
+        if is_json:
+            project = ProjectPage.from_json_data(json.loads(body), base_url=page)
+        else:
+            project = ProjectPage.from_html(package, body, base_url=page)
+    except (ValueError, TypeError, UnsupportedRepoVersionError) as err:
+        kind = "PEP 691 JSON" if is_json else "PEP 503 HTML"
+        reason = str(err).splitlines()[0][:200]
+        raise PackageIndexError(f"{page} is not a {kind} project page ({reason})") from None
+    return [
+        {"filename": file.filename, "url": file.url, "sha256": file.digests.get("sha256")}
+        for file in project.packages
+        # PEP 592: a yanked file is for those who pinned it, not for the newest release.
+        if not file.is_yanked
+    ]
 
 
 def newest_sdist(index_url: str, package: str) -> Distribution:

@@ -128,23 +128,40 @@ def page():
     server.shutdown()
 
 
+def _json_page(files) -> dict:
+    """A PEP 691 project page of demo listing ``files``."""
+    return {"meta": {"api-version": "1.0"}, "name": "demo", "files": files}
+
+
 @pytest.mark.parametrize(
     "body",
     [
-        {"files": [{"url": "a.tar.gz"}]},
-        {"files": ["a.tar.gz"]},
-        {"files": {"a": 1}},
-        {"files": [{"filename": 3, "url": "a.tar.gz"}]},
+        _json_page([{"url": "a.tar.gz", "hashes": {}}]),
+        _json_page(["a.tar.gz"]),
+        _json_page({"a": 1}),
+        _json_page([{"filename": 3, "url": "a.tar.gz", "hashes": {}}]),
+        {"files": [{"filename": "a.tar.gz", "url": "a.tar.gz", "hashes": {}}]},
+        {**_json_page([]), "meta": {"api-version": "2.0"}},
         [1, 2],
+        "{not json",
     ],
-    ids=["no filename", "a string", "not a list", "a number", "not an object"],
+    ids=[
+        "no filename",
+        "a string",
+        "not a list",
+        "a number",
+        "no name or meta",
+        "a newer major version",
+        "not an object",
+        "not json",
+    ],
 )
 def test_a_malformed_json_page_is_a_clear_error(page, body):
     _Page.body, _Page.content_type = (
-        json.dumps(body).encode(),
+        (body if isinstance(body, str) else json.dumps(body)).encode(),
         "application/vnd.pypi.simple.v1+json",
     )
-    with pytest.raises(PackageIndexError, match="is not a PEP 691 project page"):
+    with pytest.raises(PackageIndexError, match="is not a PEP 691 JSON project page"):
         project_files(page, "demo")
 
 
@@ -157,12 +174,17 @@ def test_both_page_kinds_skip_yanked_files(page):
     html = [f["filename"] for f in project_files(page, "demo")]
     _Page.content_type = "application/vnd.pypi.simple.v1+json"
     _Page.body = json.dumps(
-        {
-            "files": [
+        _json_page(
+            [
                 {"filename": "demo-1.0.tar.gz", "url": "demo-1.0.tar.gz", "hashes": {}},
-                {"filename": "demo-2.0.tar.gz", "url": "demo-2.0.tar.gz", "yanked": "broken"},
+                {
+                    "filename": "demo-2.0.tar.gz",
+                    "url": "demo-2.0.tar.gz",
+                    "hashes": {},
+                    "yanked": "broken",
+                },
             ]
-        }
+        )
     ).encode()
     assert html == [f["filename"] for f in project_files(page, "demo")] == ["demo-1.0.tar.gz"]
 
