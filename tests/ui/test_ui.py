@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterName,
@@ -117,6 +118,16 @@ def nightly_due(browser, ui_stack) -> datetime:
     before it, on a loaded 2-core machine too (15 s was not enough in CI). The other tests run
     while that minute comes; the last one checks the run it started."""
     context, page = new_page(browser)
+    # What the page asked the server to change, and what it answered: the failure names it.
+    writes = []
+    page.on(
+        "response",
+        lambda r: (
+            r.request.method in ("PATCH", "POST", "PUT", "DELETE")
+            and "/api/" in r.url
+            and writes.append(f"{r.request.method} {r.url.split('/api/')[1]} -> {r.status}")
+        ),
+    )
     _open_deployment(page, ui_stack, "nightly")
     page.locator(".deployment-schedule__menu button").click()
     page.get_by_text("Edit", exact=True).click()
@@ -129,13 +140,19 @@ def nightly_due(browser, ui_stack) -> datetime:
     due = (datetime.now(UTC) + timedelta(seconds=120)).replace(second=0, microsecond=0)
     cron.fill(f"{due.minute} {due.hour} * * *")
     dialog.get_by_role("button", name="Save").click()
+    # The dialog describes the cron as it is typed, so that text alone proves nothing: the
+    # edit is saved once the dialog has closed and the server holds it.
+    try:
+        dialog.wait_for(state="hidden")
+    except PlaywrightTimeoutError:
+        pytest.fail(f"the schedule dialog stayed open after Save: {dialog.inner_text()!r}")
     page.get_by_text(f"At {due:%I:%M %p} every day").wait_for()
-    # The page shows the new time before its request is done: closing it at once can drop
-    # the edit, so wait until the server holds it.
     deadline = time.monotonic() + 60
     while _nightly_cron(ui_stack.client) != f"{due.minute} {due.hour} * * *":
-        assert time.monotonic() < deadline, "the server never got the edited nightly time"
-        time.sleep(0.5)
+        assert time.monotonic() < deadline, (
+            f"the server never got the edited nightly time; the page's writes: {writes}"
+        )
+        page.wait_for_timeout(500)  # lets the page's events (its writes) arrive
     context.close()
     return due
 
