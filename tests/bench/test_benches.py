@@ -94,10 +94,15 @@ def test_resume_costs_bench_runs_on_a_few_steps(prefect_server):
     assert kill["killed_at_step"] == 8 and kill["lost_steps"] == 8 - kill["resumed_from_step"]
 
 
-def test_data_stages_bench_prints_workers_rerun_memory_and_projection(tmp_path):
+def test_data_stages_bench_prints_workers_rerun_memory_and_projection(tmp_path, prefect_server):
+    from prefect.settings import PREFECT_API_URL
+
     figures_path = tmp_path / "figures.json"
+    # On the session's Prefect server: the bench's own figures include a temporary one.
     out = _run_bench(
-        "data_stages.py", "--megabytes", "30", "--repeats", "1", "--json", str(figures_path)
+        "data_stages.py",
+        *("--megabytes", "30", "--repeats", "1", "--json", str(figures_path)),
+        env={"PREFECT_API_URL": PREFECT_API_URL.value()},
     )
     figures = json.loads(figures_path.read_text())
     # Each phase's time is found under the stage's own task names.
