@@ -125,26 +125,20 @@ def test_server_down_mid_stage_is_retried_until_it_is_back(
 
 
 def test_server_that_stays_down_fails_clearly_and_commits_nothing(
-    prefect_server,
-    seaweedfs,
-    s3_store,
-    session_store,
-    documents_ref,
-    tokenizer_ref,
-    tokenizer,
-    monkeypatch,
+    prefect_server, seaweedfs, s3_store, session_store, documents_ref, tokenizer_ref, tokenizer
 ):
     from prefect import flow
 
-    # One retry shows that retries give up: the suite's three would only wait longer.
-    monkeypatch.setenv("CODEPARROT_IO_RETRY_DELAYS", "1")
     spec, tokenize = _tokenize_stage(
         session_store, documents_ref, tokenizer_ref, tokenizer, s3_store
     )
     seaweedfs.stop()
     try:
-        with pytest.raises(StoreUnavailableError, match="cannot reach the store.*server is up"):
-            flow(tokenize)()
+        # One retry shows that retries give up: the suite's three would only wait longer.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("CODEPARROT_IO_RETRY_DELAYS", "1")
+            with pytest.raises(StoreUnavailableError, match="cannot reach the store.*server is up"):
+                flow(tokenize)()
     finally:
         seaweedfs.start()
     assert load_manifest(s3_store, spec.stage, spec.key) is None
