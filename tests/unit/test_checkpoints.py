@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -163,32 +163,44 @@ def test_a_crafted_checkpoint_is_skipped_for_the_one_before(store, tmp_path, cap
 class _Events(TrainHook):
     """Records steps and committed checkpoints in the order the loop reports them."""
 
-    def __init__(self):
+    def __init__(self, reached: tuple[int, threading.Event] | None = None):
         self.events = []
+        self.reached = reached  # (step, event): the event is set once that step is done
 
     def on_step(self, loop, output):
         self.events.append(("step", output.step))
+        if self.reached and output.step >= self.reached[0]:
+            self.reached[1].set()
 
     def on_checkpoint(self, loop, report):
         self.events.append(("checkpoint", report.step))
 
 
 class _SlowStateStore(Store):
-    """A store whose checkpoint state writes take a while, as a large one to S3 does."""
+    """A store whose first checkpoint state write lasts until training has reached ``until``
+    (at most two minutes), as a large one to S3 takes a while: a loop that wrote checkpoints
+    in its own thread would wait out the two minutes, on a fast machine or a slow one."""
+
+    def __init__(self, url, until: int):
+        super().__init__(url)
+        self.until = until
+        self.reached = threading.Event()
+        self.first = True
 
     def write_bytes(self, rel, data):
-        if rel.endswith("/state.pt"):
-            time.sleep(0.5)
+        if rel.endswith("/state.pt") and self.first:
+            self.first = False
+            self.reached.wait(timeout=120)
         super().write_bytes(rel, data)
 
 
 def test_checkpoints_are_written_in_the_background_and_reported_once_committed(tmp_path):
-    store = _SlowStateStore(str(tmp_path / "store"))
-    events = _Events()
+    store = _SlowStateStore(str(tmp_path / "store"), until=7)
+    events = _Events(reached=(store.until, store.reached))
     result = _train(store, hooks=[events])
     committed = [step for kind, step in events.events if kind == "checkpoint"]
     assert committed == [5, 10, 15, 16]  # the last one too, before the loop returns
-    # Training went on while the checkpoint of step 5 was being written (0.5 s).
+    # Training went on while the checkpoint of step 5 was being written.
     assert events.events.index(("checkpoint", 5)) > events.events.index(("step", 7))
     assert result.checkpoints == 4
     assert CheckpointStore(store, "ckpt", 2, LOG).committed_steps() == [15, 16]
