@@ -201,6 +201,7 @@ def test_checkpoints_are_written_in_the_background_and_reported_once_committed(t
     committed = [step for kind, step in events.events if kind == "checkpoint"]
     assert committed == [5, 10, 15, 16]  # the last one too, before the loop returns
     # Training went on while the checkpoint of step 5 was being written.
+    assert not store.first  # that write went through the held path
     assert events.events.index(("checkpoint", 5)) > events.events.index(("step", 7))
     assert result.checkpoints == 4
     assert CheckpointStore(store, "ckpt", 2, LOG).committed_steps() == [15, 16]
