@@ -111,7 +111,6 @@ def _run_from_form(page, ui_stack) -> tuple[FlowRun, float]:
     return run, time.monotonic() - started
 
 
-NIGHTLY_CRON = "0 2 * * *"
 SAVE_TRIES = 3
 
 
@@ -122,11 +121,12 @@ def nightly_due(browser, ui_stack) -> datetime:
     before it, on a loaded 2-core machine too (15 s was not enough in CI). The other tests run
     while that minute comes; the last one checks the run it started."""
     context, page = new_page(browser)
+    deployed = _nightly_cron(ui_stack.client)
     sent = []
     for _ in range(SAVE_TRIES):
         due = (datetime.now(UTC) + timedelta(seconds=120)).replace(second=0, microsecond=0)
         edited = f"{due.minute} {due.hour} * * *"
-        cron, status = _save_nightly_cron(page, ui_stack, edited)
+        cron, status = _save_nightly_cron(page, ui_stack, deployed, edited)
         sent.append(f"{cron!r} -> HTTP {status}")
         if cron == edited and status < 300:
             break
@@ -149,9 +149,9 @@ def nightly_due(browser, ui_stack) -> datetime:
     return due
 
 
-def _save_nightly_cron(page, ui_stack, cron: str) -> tuple[str | None, int]:
-    """Type ``cron`` into the nightly schedule's Edit dialog and press Save; the cron the page
-    then sent to the server (None when it sent no schedule) and the server's HTTP status."""
+def _save_nightly_cron(page, ui_stack, deployed: str, cron: str) -> tuple[str | None, int]:
+    """Type ``cron`` over the ``deployed`` one in the nightly schedule's Edit dialog and press
+    Save; the cron the page then sent (None when it sent no schedule) and the server's status."""
     _open_deployment(page, ui_stack, "nightly")
     page.locator(".deployment-schedule__menu button").click()
     page.get_by_text("Edit", exact=True).click()
@@ -159,7 +159,7 @@ def _save_nightly_cron(page, ui_stack, cron: str) -> tuple[str | None, int]:
     inputs = dialog.locator("input")
     inputs.first.wait_for()
     [field] = [
-        inputs.nth(i) for i in range(inputs.count()) if inputs.nth(i).input_value() == NIGHTLY_CRON
+        inputs.nth(i) for i in range(inputs.count()) if inputs.nth(i).input_value() == deployed
     ]
     field.fill(cron)
     with page.expect_response(

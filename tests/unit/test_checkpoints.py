@@ -177,26 +177,26 @@ class _Events(TrainHook):
 
 
 class _SlowStateStore(Store):
-    """A store whose first checkpoint state write lasts until training has reached ``until``
-    (at most two minutes), as a large one to S3 takes a while: a loop that wrote checkpoints
-    in its own thread would wait out the two minutes, on a fast machine or a slow one."""
+    """A store whose first checkpoint state write lasts until ``released`` is set (at most two
+    minutes), as a large one to S3 takes a while: a loop that wrote checkpoints in its own
+    thread would wait out the two minutes, on a fast machine or a slow one."""
 
-    def __init__(self, url, until: int):
+    def __init__(self, url, released: threading.Event):
         super().__init__(url)
-        self.until = until
-        self.reached = threading.Event()
+        self.released = released
         self.first = True
 
     def write_bytes(self, rel, data):
         if rel.endswith("/state.pt") and self.first:
             self.first = False
-            self.reached.wait(timeout=120)
+            self.released.wait(timeout=120)
         super().write_bytes(rel, data)
 
 
 def test_checkpoints_are_written_in_the_background_and_reported_once_committed(tmp_path):
-    store = _SlowStateStore(str(tmp_path / "store"), until=7)
-    events = _Events(reached=(store.until, store.reached))
+    step_7_done = threading.Event()
+    store = _SlowStateStore(str(tmp_path / "store"), released=step_7_done)
+    events = _Events(reached=(7, step_7_done))
     result = _train(store, hooks=[events])
     committed = [step for kind, step in events.events if kind == "checkpoint"]
     assert committed == [5, 10, 15, 16]  # the last one too, before the loop returns
