@@ -7,10 +7,10 @@ import json
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, WithJsonSchema, model_validator
 
 from flows.presets import PRESETS
 from storage.errors import UserError
@@ -22,7 +22,15 @@ from tasks.tokenize.build import TokenizeConfig
 from tasks.tokenizer.build import TokenizerConfig
 from tasks.train.config import ModelConfig, TrainConfig
 
-__all__ = ["CUSTOM", "PRESETS", "ConfigError", "PipelineConfig", "build_config", "run_config"]
+__all__ = [
+    "CUSTOM",
+    "PRESETS",
+    "ConfigError",
+    "Overrides",
+    "PipelineConfig",
+    "build_config",
+    "run_config",
+]
 
 # Not a preset: the run's own full config (its defaults are the course's 124M model).
 CUSTOM = "custom"
@@ -172,6 +180,31 @@ def overrides_from_mapping(overrides: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"override key {key!r} must be text like train.max_steps")
         data = deep_merge(data, _nested(key, value, f"override {key!r}"))
     return data
+
+
+def override_keys() -> list[str]:
+    """Every key a run's overrides may name: each section, and each section.field."""
+    keys = []
+    for section, field in PipelineConfig.model_fields.items():
+        keys += [section, *(f"{section}.{name}" for name in field.annotation.model_fields)]
+    return keys
+
+
+# A run's overrides (or none) as its deployment's parameter schema describes them: the server
+# refuses a misspelt key when the run is submitted, before a worker starts it, and lists the
+# keys allowed (the values are checked when the run starts, with the settings' own messages).
+# The schema names no type: with pydantic's anyOf of object and null, the UI would say only
+# that the dict "is not valid under any of the given schemas", and with a type list it shows
+# no editor at all. A value that is not a mapping is refused as the run starts.
+Overrides = Annotated[
+    dict[str, Any] | None,
+    WithJsonSchema(
+        {
+            "propertyNames": {"type": "string", "enum": override_keys()},
+            "additionalProperties": True,
+        }
+    ),
+]
 
 
 def describe_overrides(overrides: Mapping[str, Any] | None) -> str:

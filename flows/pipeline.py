@@ -12,7 +12,14 @@ from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 
 from flows.artifacts import publish_data_report, publish_model_link, publish_training_report
-from flows.config import CUSTOM, PRESETS, PipelineConfig, describe_overrides, run_config
+from flows.config import (
+    CUSTOM,
+    PRESETS,
+    Overrides,
+    PipelineConfig,
+    describe_overrides,
+    run_config,
+)
 from flows.data import DataConfig, run_data_stages
 from flows.failures import install_one_line_failures
 from flows.routing import describe_route, resolve_training_route
@@ -42,7 +49,7 @@ def deployment_preset() -> str | None:
 @flow(name="codeparrot-ds-pipeline")
 def codeparrot_pipeline(
     preset: PresetName | None = DEFAULT_PRESET,
-    overrides: dict[str, Any] | None = None,
+    overrides: Overrides = None,
     store_url: str | None = None,
     training_deployment: str | None = None,
     dask_address: str | None = None,

@@ -4,8 +4,8 @@
 the same run again, reused from the store; (b) an edit of the nightly schedule's time keeps
 training on the gpu pool (edited first, checked last: the other tests run while its minute
 comes); (c) every artifact page shows its content, and the model's "Try it"
-command works as printed; (d) a bad value is refused in the form, and a bad corpus root is
-one clear line in the run's logs.
+command works as printed; (d) a bad value and a misspelt override key are refused in the form,
+with the keys allowed, and a bad corpus root is one clear line in the run's logs.
 """
 
 from __future__ import annotations
@@ -72,9 +72,7 @@ def _property(page, label: str):
 
 
 def _set_overrides(page, overrides: dict) -> None:
-    field = _property(page, "overrides")
-    field.get_by_role("button", name="dict", exact=True).click()
-    field.locator("textarea").fill(json.dumps(overrides))
+    _property(page, "overrides").locator("textarea").fill(json.dumps(overrides))
 
 
 def _submit(page) -> UUID:
@@ -249,6 +247,16 @@ def test_bad_values_are_refused_in_the_form_or_shown_as_one_line(page, ui_stack)
     _property(page, "Learning Rate").last.locator("input").fill("-1")
     page.get_by_role("button", name="Submit").click()
     page.get_by_text("Validation failed for field 'config.train.learning_rate'").first.wait_for()
+    assert re.search(r"/run\b", page.url)
+    assert _runs_made_by_hand(ui_stack.client) == before
+
+    # A misspelt override key is refused at Submit, with the keys allowed, not by a worker.
+    _custom_run_form(page, ui_stack)
+    _set_overrides(page, {"train.max_stepz": 3})
+    page.get_by_role("button", name="Submit").click()
+    refused = page.get_by_text("'train.max_stepz' is not one of ['corpus', ").first
+    refused.wait_for()
+    assert "'train.max_steps'" in refused.inner_text()
     assert re.search(r"/run\b", page.url)
     assert _runs_made_by_hand(ui_stack.client) == before
 

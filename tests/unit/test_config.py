@@ -12,6 +12,7 @@ from flows.config import (
     ConfigError,
     build_config,
     describe_overrides,
+    override_keys,
     parse_override,
     run_config,
 )
@@ -211,3 +212,28 @@ def test_a_large_model_needs_a_gpu_unless_allowed():
     check_hardware(course.model, allowed, vocab, context, has_gpu=False)
     smoke = build_config("smoke")
     check_hardware(smoke.model, smoke.train, 4096, 128, has_gpu=False)
+
+
+def test_the_pipelines_parameter_schema_refuses_an_override_key_that_names_no_setting():
+    """What the Prefect server checks at Submit, before any worker starts the run."""
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import ValidationError, validate
+
+    from flows.pipeline import codeparrot_pipeline
+
+    schema = parameter_schema(codeparrot_pipeline.fn).model_dump()
+    every_key = {key: None for key in override_keys()}
+    assert {"train", "train.max_steps", "corpus.kinds", "publish.model_name"} <= set(every_key)
+    for overrides in (every_key, {"train": {"max_steps": 5}}, {}, None):
+        validate({"overrides": overrides}, schema, raise_on_error=True)
+    with pytest.raises(ValidationError) as refused:
+        validate({"overrides": {"train.max_stepz": 5}}, schema, raise_on_error=True)
+    assert "'train.max_stepz' is not one of ['corpus', 'corpus.source'," in str(refused.value)
+    assert "'train.max_steps'" in str(refused.value)
+    # Every section.field key it lets through is a setting: the preset's own values, set by
+    # those keys, give the preset back.
+    smoke = build_config("smoke").model_dump(mode="json")
+    same = {
+        key: smoke[key.split(".")[0]][key.split(".")[1]] for key in override_keys() if "." in key
+    }
+    assert run_config("smoke", same, None) == build_config("smoke")
