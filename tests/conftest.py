@@ -6,6 +6,8 @@ import logging
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import uuid
 from functools import partial
 
@@ -49,6 +51,16 @@ def group_tasks_in_process(request, monkeypatch):
     tests/dask, the bench, the deployments and the first pipeline test use Dask."""
     if request.node.path.parent.name in ("flows", "faults"):
         monkeypatch.setenv("CODEPARROT_DASK_ADDRESS", "none")
+
+
+@pytest.fixture
+def cpu_hogs():
+    """Two busy processes for the test's duration: the two cores are taken by other work."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    yield
+    for hog in hogs:
+        hog.kill()
+        hog.wait()
 
 
 @pytest.fixture

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from uuid import UUID
 
+import psutil
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
@@ -81,3 +83,27 @@ def task_runs_within(client: SyncPrefectClient, run_id: UUID) -> list[TaskRun]:
     while batch := client.read_task_runs(task_run_filter=flows, limit=page, offset=len(found)):
         found += batch
     return found
+
+
+def run_processes(run_ids: Iterable[UUID]) -> list[str]:
+    """The processes alive now for these flow runs: a worker starts each run's process with
+    ``PREFECT__FLOW_RUN_ID`` in its environment, and every process that one starts (training,
+    Dask workers) inherits it."""
+    wanted = {str(run_id) for run_id in run_ids}
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):  # gone meanwhile, or not ours to read
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if process.environ().get("PREFECT__FLOW_RUN_ID") in wanted:
+                found.append(f"{process.pid}: {' '.join(process.cmdline())[:200]}")
+    return found
+
+
+def processes_left(run_ids: Iterable[UUID], timeout: float = 60) -> list[str]:
+    """``run_processes``, once it is empty or ``timeout`` seconds have passed."""
+    run_ids = list(run_ids)
+    deadline = time.monotonic() + timeout
+    while (left := run_processes(run_ids)) and time.monotonic() < deadline:
+        time.sleep(1)
+    return left

@@ -20,16 +20,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def cpu_hogs():
-    """Two busy processes for the test's duration: the two cores are taken by other work."""
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
-    yield
-    for hog in hogs:
-        hog.kill()
-        hog.wait()
-
-
 def _states(prefect_home: Path) -> dict[str, set[str]]:
     """The state types the temporary server recorded for flow runs and task runs."""
     with sqlite3.connect(prefect_home / "prefect.db") as db:

@@ -14,7 +14,6 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
 )
-from prefect.states import Cancelling
 
 from deployments.seaweedfs import HOST, free_ports
 from deployments.stack import (
@@ -37,7 +36,6 @@ from flows.artifacts import (
 from tasks.registry import STAGES
 from tasks.train.build import training_request
 from tasks.train.progress import PROGRESS_KEY
-from tasks.train.task import CANCELLED_BY_PIPELINE
 from tests.flows.test_pipeline import _config
 from tests.prefect_runs import child_runs, logs_once, run_logs, task_runs_within, wait_for_run
 
@@ -143,30 +141,6 @@ def test_pipeline_deployment_runs_on_workers_and_reports_to_the_ui(stack, corpus
     assert schedule.schedule.cron == "0 2 * * *"
     assert schedule.schedule.timezone == "UTC"
     assert nightly.work_pool_name == "cpu"
-
-
-def test_cancelling_the_pipeline_cancels_its_training_run(stack, corpus_dir):
-    client, root = stack
-    # The data stages are the first test's (reused); training runs far longer than the test.
-    config = _config(
-        corpus_dir, "train.epochs=100000", "train.max_steps=1000000", "train.eval_interval=100000"
-    )
-    parameters = {"preset": "custom", "config": config.model_dump(mode="json")}
-    run_id = _start(client, "codeparrot-ds-pipeline/on-demand", parameters)
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while not (children := child_runs(client, run_id)) or not children[0].state.is_running():
-        assert time.monotonic() < deadline, "the training run never started"
-        assert not client.read_flow_run(run_id).state.is_final()
-        time.sleep(1)
-    # What the UI's Cancel does, with "cancel all sub flow runs" left unticked.
-    client.set_flow_run_state(run_id, Cancelling())
-    run = wait_for_run(client, run_id, root, RUN_TIMEOUT)
-    training = wait_for_run(client, children[0].id, root, RUN_TIMEOUT)
-    assert run.state.is_cancelled(), run.state
-    assert training.state.is_cancelled(), training.state
-    # The pipeline cancelled it as it stopped, not Prefect's own sweep minutes later.
-    messages = [s.message for s in client.read_flow_run_states(children[0].id)]
-    assert CANCELLED_BY_PIPELINE in messages, messages
 
 
 def test_a_second_training_run_waits_for_the_first(stack, session_store, tokens_ref, tokenizer_ref):

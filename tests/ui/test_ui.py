@@ -37,7 +37,15 @@ from flows.artifacts import (
     SAMPLES_KEY,
 )
 from tasks.train.progress import PROGRESS_KEY
-from tests.prefect_runs import child_runs, logs_once, run_logs, wait_for_run
+from tasks.train.task import CANCELLED_BY_PIPELINE
+from tests.prefect_runs import (
+    child_runs,
+    logs_once,
+    processes_left,
+    run_logs,
+    run_processes,
+    wait_for_run,
+)
 from tests.ui.conftest import new_page
 
 pytestmark = pytest.mark.slow
@@ -271,6 +279,38 @@ def test_bad_values_are_refused_in_the_form_or_shown_as_one_line(page, ui_stack)
     assert page.get_by_text("Traceback").count() == 0
     errors = [m for m in run_logs(ui_stack.client, run.id) if m.startswith("failed: ")]
     assert errors == [f"failed: {clear} (CorpusError)"]
+
+
+def test_cancel_on_a_run_page_stops_the_run_and_its_training_run(page, ui_stack, cpu_hogs):
+    """With "Cancel all sub flow runs" left unticked, on a machine loaded by two CPU hogs."""
+    client = ui_stack.client
+    _custom_run_form(page, ui_stack)
+    # The first test's data stages (reused); training runs far longer than the test.
+    roots = [str(ui_stack.corpus)]
+    _set_overrides(page, {"corpus.roots": roots, "train.epochs": 10**5, "train.max_steps": 10**6})
+    run_id = _submit(page)
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while not (children := child_runs(client, run_id)) or not children[0].state.is_running():
+        assert time.monotonic() < deadline, "the training run never started"
+        assert not client.read_flow_run(run_id).state.is_final()
+        time.sleep(1)
+    both = [run_id, children[0].id]
+    assert len(run_processes(both)) >= 2  # the check below sees the runs' processes
+    page.goto(f"{ui_stack.url}/runs/flow-run/{run_id}")
+    page.get_by_role("button", name="Cancel", exact=True).click()
+    dialog = page.locator(".p-modal", has_text="Cancel Flow Run")
+    assert not dialog.get_by_role("checkbox").is_checked()  # sub flow runs: unticked
+    dialog.get_by_role("button", name="Confirm").click()
+    run = wait_for_run(client, run_id, ui_stack.root, RUN_TIMEOUT)
+    training = wait_for_run(client, children[0].id, ui_stack.root, RUN_TIMEOUT)
+    assert run.state.is_cancelled(), run.state
+    assert training.state.is_cancelled(), training.state
+    # The pipeline cancelled it as it stopped, not Prefect's own sweep minutes later.
+    messages = [s.message for s in client.read_flow_run_states(training.id)]
+    assert CANCELLED_BY_PIPELINE in messages, messages
+    assert processes_left(both) == []
+    page.reload()
+    page.get_by_text("Cancelled").first.wait_for()
 
 
 def test_editing_the_nightly_time_in_the_ui_keeps_training_on_the_gpu_pool(nightly_due, ui_stack):
