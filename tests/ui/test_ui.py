@@ -5,7 +5,8 @@ the same run again, reused from the store; (b) an edit of the nightly schedule's
 training on the gpu pool (edited first, checked last: the other tests run while its minute
 comes); (c) every artifact page shows its content, and the model's "Try it"
 command works as printed; (d) a bad value and a misspelt override key are refused in the form,
-with the keys allowed, and a bad corpus root is one clear line in the run's logs.
+with the keys allowed, and a bad corpus root is one clear line in the run's logs; (e) Cancel
+on a run's page stops it and its training run, on a loaded machine.
 """
 
 from __future__ import annotations
