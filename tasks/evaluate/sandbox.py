@@ -5,13 +5,14 @@ current folder on the path). Before it runs the program it leaves the network (i
 network namespace) and sets limits on address space, CPU time, file size and open files. The
 parent kills the whole process group at the wall-clock timeout.
 
-Run as root, the child also leaves the host's mounts: it builds a root of its own on a small
-tmpfs, with read-only binds of the system folders and the interpreter's (so neither the store,
-published models, home folders nor the project are there), a ``/tmp`` and ``/dev/shm`` on that
-tmpfs (gone when the program ends), ``chroot``s into it and drops to ``nobody`` (no capability
-left to leave it; nobody's process count bounds a fork bomb). Only then is the program read and
-run, so the modules it imports run as ``nobody`` too. Run as another user, the child keeps that
-user's view of the files and runs the program in a temporary folder that is removed afterwards.
+It also leaves the host's mounts: it builds a root of its own on a small tmpfs, with read-only
+binds of the system folders and the interpreter's (so neither the store, published models, home
+folders nor the project are there), a ``/tmp`` and ``/dev/shm`` on that tmpfs (gone when the
+program ends), and ``chroot``s into it. Run as root, it then drops to ``nobody`` (no capability
+left to leave it; nobody's process count bounds a fork bomb). Run as another user, it does all
+this in a user namespace of its own, as that same user, and then gives up the namespace's
+capabilities, so it cannot leave the root either. Only then is the program read and run, so
+the modules it imports run unprivileged too.
 """
 
 from __future__ import annotations
@@ -82,8 +83,20 @@ def own_root(new):
     os.chdir("/tmp")
     os.environ["HOME"] = os.environ["TMPDIR"] = "/tmp"
 
-root = os.geteuid() == 0
-if root:
+def drop_capabilities():
+    # A user namespace's creator holds every capability in it; none is needed past chroot.
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+    class Data(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_uint32) for name in ("effective", "permitted", "inheritable")]
+    if libc.capset(ctypes.byref(Header(0x20080522, 0)), (Data * 2)()) != 0:
+        refuse("give up the namespace's capabilities (capset)")
+
+def write(path, text):
+    with open(path, "w") as file:
+        file.write(text)
+
+if os.geteuid() == 0:
     if libc.unshare(CLONE_NEWNS | CLONE_NEWNET) != 0:
         refuse("leave the network and the host's mounts (unshare)")
     mount(None, "/", None, MS_REC | MS_PRIVATE, None)  # nothing here reaches the host
@@ -93,8 +106,19 @@ if root:
     os.setuid(NOBODY)
     # nobody runs nothing else here, so this bounds the program's own processes: no fork bomb.
     resource.setrlimit(resource.RLIMIT_NPROC, (32, 32))
-elif libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
-    refuse("leave the network (unshare)")
+else:
+    uid, gid = os.geteuid(), os.getegid()
+    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET) != 0:
+        refuse("leave the network and the host's mounts (unshare)")
+    try:  # the same user inside, so files it makes are its own
+        write("/proc/self/setgroups", "deny")
+        write("/proc/self/uid_map", "{} {} 1".format(uid, uid))
+        write("/proc/self/gid_map", "{} {} 1".format(gid, gid))
+    except OSError:
+        refuse("map its user into its namespace")
+    mount(None, "/", None, MS_REC | MS_PRIVATE, None)
+    own_root(os.getcwd())
+    drop_capabilities()
 resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
 resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
@@ -189,8 +213,8 @@ def run_sandboxed(program: str, limits: Limits) -> Outcome:
         return Outcome("timeout")
     if child.returncode == NO_SANDBOX_STATUS and message.startswith("sandbox:"):
         raise SandboxError(
-            f"{message.strip()}; generated code runs only isolated (no network; as root, no "
-            "host mounts), so run the HumanEval evaluation where these namespaces are allowed "
+            f"{message.strip()}; generated code runs only isolated (no network, no host "
+            "mounts), so run the HumanEval evaluation where these namespaces are allowed "
             "(e.g. sysctl kernel.unprivileged_userns_clone=1, or a container that may unshare) "
             "or turn it off with evaluate.humaneval=false"
         )
