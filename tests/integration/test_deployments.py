@@ -192,7 +192,8 @@ def test_a_failed_stage_is_shown_with_what_to_do(stack, tmp_path):
     task_runs = task_runs_within(client, run_id)
     failed = {t.name.rsplit("-", 1)[0] for t in task_runs if t.state.is_failed()}
     assert failed == {"corpus", "codeparrot-ds-data"}  # the task, and its subflow
-    logs = run_logs(client, run_id)
+    # The failure's line is among the last shipped: it may reach the server after the state.
+    logs = logs_once(client, run_id, lambda ms: any(m.startswith("failed: ") for m in ms))
     assert (
         f'settings: preset smoke (the run\'s preset was empty); overrides: corpus.roots=["{empty}"]'
     ) in logs
