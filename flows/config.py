@@ -195,13 +195,14 @@ def override_keys() -> list[str]:
 # keys allowed (the values are checked when the run starts, with the settings' own messages).
 # The schema names no type: with pydantic's anyOf of object and null, the UI would say only
 # that the dict "is not valid under any of the given schemas", and with a type list it shows
-# no editor at all. A value that is not a mapping is refused as the run starts.
+# no editor at all. So what is neither a mapping nor null is refused by a "not".
 Overrides = Annotated[
     dict[str, Any] | None,
     WithJsonSchema(
         {
             "propertyNames": {"type": "string", "enum": override_keys()},
             "additionalProperties": True,
+            "not": {"type": ["string", "number", "boolean", "array"]},
         }
     ),
 ]

@@ -230,6 +230,9 @@ def test_the_pipelines_parameter_schema_refuses_an_override_key_that_names_no_se
         validate({"overrides": {"train.max_stepz": 5}}, schema, raise_on_error=True)
     assert "'train.max_stepz' is not one of ['corpus', 'corpus.source'," in str(refused.value)
     assert "'train.max_steps'" in str(refused.value)
+    for not_a_mapping in (3, "train.max_steps=5", [{"train.max_steps": 5}], True):
+        with pytest.raises(ValidationError):
+            validate({"overrides": not_a_mapping}, schema, raise_on_error=True)
     # Every section.field key it lets through is a setting: the preset's own values, set by
     # those keys, give the preset back.
     smoke = build_config("smoke").model_dump(mode="json")
