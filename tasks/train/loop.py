@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 
 from tasks.train.checkpoint import CheckpointStore
 from tasks.train.config import TrainConfig
@@ -31,17 +32,26 @@ from tasks.train.state import CheckpointSaver, newest_sound_checkpoint, set_rng_
 from tasks.train.trainer import Trainer
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX tiles). Elsewhere
+    bf16 is emulated, and slower than fp32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def resolve_mixed_precision(requested: str) -> str:
-    """``auto`` means bf16 on GPUs that support it, fp16 on other GPUs, none on CPU."""
+    """``auto`` means bf16 on GPUs that support it, fp16 on other GPUs, and on CPU bf16 where
+    the CPU has bf16 instructions, else none."""
+    on_gpu = torch.cuda.is_available()
     if requested != "auto":
-        if requested != "no" and not torch.cuda.is_available():
+        if requested == "fp16" and not on_gpu:
             raise ValueError(
-                f"train.mixed_precision={requested!r} needs a CUDA GPU and none is visible; "
-                "use 'auto' or 'no' on CPU"
+                "train.mixed_precision='fp16' needs a CUDA GPU and none is visible; "
+                "use 'auto', 'bf16' or 'no' on CPU"
             )
         return requested
-    if not torch.cuda.is_available():
-        return "no"
+    if not on_gpu:
+        return "bf16" if cpu_has_native_bf16() else "no"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
@@ -51,7 +61,13 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         # TF32 for the fp32 matmuls left under bf16 autocast (and for fp32 runs).
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision))
+    precision = resolve_mixed_precision(config.mixed_precision)
+    # Accelerate keeps one precision per process and refuses another; a process that trains
+    # again with another (a test, a served flow) starts that state afresh. The distributed
+    # set-up (PartialState) is kept.
+    if AcceleratorState._shared_state.get("_mixed_precision") not in (None, precision):
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=precision)
 
 
 def _resume(

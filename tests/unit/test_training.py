@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from tasks.train import loop
 from tasks.train.config import ModelConfig, TrainConfig
 from tasks.train.data import BatchStream, StreamPosition, TokenRows
-from tasks.train.loop import make_accelerator, train_model_loop
+from tasks.train.loop import make_accelerator, resolve_mixed_precision, train_model_loop
 from tasks.train.loss import course_weighted_loss, normalized_weighted_loss
 from tasks.train.model import build_model, gpt2_config, parameter_groups
 
@@ -95,6 +96,9 @@ def _one_step(batch_size, accumulation, loss="normalized", micro_batch_size="aut
         learning_rate=1e-2,
         loss=loss,
         eval_batches=1,
+        # fp32: these tests compare arithmetic exactly, and bf16 (auto on a CPU with bf16
+        # instructions) rounds differently for each micro-batch shape.
+        mixed_precision="no",
     )
     rows = _patterned_rows()
     result = train_model_loop(model, rows, rows, [3, 5, 7], config, make_accelerator(config), LOG)
@@ -170,3 +174,40 @@ def test_the_logged_loss_is_the_loss_of_the_formula_on_the_first_rows(loss):
     formula = course_weighted_loss if loss == "course" else normalized_weighted_loss
     expected = formula(rows, logits, [3, 5, 7]).item()
     assert result.history[0]["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("requested", "native_bf16", "expected"),
+    [("auto", True, "bf16"), ("auto", False, "no"), ("bf16", False, "bf16"), ("no", True, "no")],
+)
+def test_on_cpu_auto_precision_is_bf16_only_where_the_cpu_has_bf16_instructions(
+    monkeypatch, requested, native_bf16, expected
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: native_bf16)
+    assert resolve_mixed_precision(requested) == expected
+
+
+def test_fp16_on_cpu_is_refused_with_what_to_use_instead(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="'auto', 'bf16' or 'no' on CPU"):
+        resolve_mixed_precision("fp16")
+
+
+def test_the_loop_learns_under_bf16_autocast_on_cpu():
+    model = _tiny_model()
+    config = TrainConfig(
+        batch_size=16,
+        gradient_accumulation_steps=1,
+        max_steps=40,
+        epochs=5,
+        warmup_steps=5,
+        learning_rate=1e-2,
+        eval_interval=40,
+        mixed_precision="bf16",
+    )
+    rows = _patterned_rows()
+    result = train_model_loop(model, rows, rows, [], config, make_accelerator(config), LOG)
+    assert result.mixed_precision == "bf16"
+    assert next(model.parameters()).dtype == torch.float32  # autocast keeps fp32 weights
+    assert result.evals[-1]["valid_loss"] < np.log(64) - 1.0
