@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from functools import partial
@@ -48,7 +49,12 @@ def run_train(args: dict) -> StageRef:
         """Records each finished step, then pauses."""
 
         def on_step(self, loop, output):
-            Path(args["step_file"]).write_text(str(output.step))
+            # Written whole, then renamed: a kill mid-write must not leave the parent an
+            # empty file to read.
+            step_file = Path(args["step_file"])
+            partial_file = step_file.with_name(step_file.name + ".partial")
+            partial_file.write_text(str(output.step))
+            os.replace(partial_file, step_file)
             time.sleep(args["pause"])
 
     tokens = StageRef.model_validate(args["tokens"])

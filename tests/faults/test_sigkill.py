@@ -122,7 +122,9 @@ def test_training_killed_mid_run_resumes_exactly(
         resumed = run_stage(store, spec, build, LOG)
     resumed_from = resumed.counts["resumed_from_step"]
     assert 15 <= resumed_from <= killed_at
-    assert killed_at - resumed_from <= TRAIN.checkpoint_interval  # at most one interval lost
+    # One checkpoint may still be writing when the child is killed (one save is in flight at
+    # a time, and training goes on meanwhile), so a loaded machine can lose up to two intervals.
+    assert killed_at - resumed_from <= 2 * TRAIN.checkpoint_interval
     assert resumed.counts["steps"] == 40
 
     def history(s):
