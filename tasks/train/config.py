@@ -92,7 +92,8 @@ class TrainConfig(StageParams):
     log_interval: int = Field(default=10, ge=1)
     """Optimizer steps between progress lines."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    """With auto: bf16 on GPUs that support it, else fp16 on GPU, none on CPU."""
+    """With auto: bf16 on GPUs that support it, else fp16 on GPU; on CPU, bf16 where the
+    CPU has bf16 instructions (AVX512-BF16 or AMX), else none. fp16 needs a GPU."""
     loss: Literal["normalized", "course"] = "normalized"
     """With normalized: the weighted loss divided by the total key-token weight; with course:
     the mean weighted loss."""
