@@ -116,6 +116,12 @@ class TrainConfig(StageParams):
     """Train a model of over 50M parameters on a machine without a GPU (that takes days).
     Off: such a run stops at once with a clear message."""
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no_is_no(cls, value: object) -> object:
+        # YAML reads a bare `no` (`--set train.mixed_precision=no`) as false.
+        return "no" if value is False else value
+
     @field_validator("key_tokens")
     @classmethod
     def _no_empty_key_token(cls, words: list[str]) -> list[str]:

@@ -47,6 +47,13 @@ def test_override_values_are_typed():
     assert parse_override("train.max_steps=null") == {"train": {"max_steps": None}}
 
 
+def test_a_bare_no_for_mixed_precision_means_no():
+    # YAML reads `no` as false; the setting's values are words.
+    assert build_config("ds", overrides=["train.mixed_precision=no"]).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        build_config("ds", overrides=["train.mixed_precision=yes"])
+
+
 def test_file_then_overrides(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("train:\n  max_steps: 5\n  learning_rate: 0.01\n")
