@@ -115,7 +115,8 @@ def test_accumulation_equals_one_big_batch(loss, micro_batch_size):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_loop_learns():
+@pytest.mark.parametrize("precision", ["no", "bf16"])  # bf16: autocast, also on CPU
+def test_loop_learns(precision):
     model = _tiny_model()
     config = TrainConfig(
         batch_size=16,
@@ -126,9 +127,12 @@ def test_loop_learns():
         learning_rate=1e-2,
         eval_interval=60,
         log_interval=10,
+        mixed_precision=precision,
     )
     rows = _patterned_rows()
     result = train_model_loop(model, rows, rows, [], config, make_accelerator(config), LOG)
+    assert result.mixed_precision == precision
+    assert next(model.parameters()).dtype == torch.float32  # autocast keeps fp32 weights
     assert result.steps == 60
     assert result.history[-1]["ce"] < result.history[0]["ce"] - 1.0
     assert result.evals[-1]["valid_loss"] < np.log(64) - 1.0
@@ -192,22 +196,3 @@ def test_fp16_on_cpu_is_refused_with_what_to_use_instead(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="'auto', 'bf16' or 'no' on CPU"):
         resolve_mixed_precision("fp16")
-
-
-def test_the_loop_learns_under_bf16_autocast_on_cpu():
-    model = _tiny_model()
-    config = TrainConfig(
-        batch_size=16,
-        gradient_accumulation_steps=1,
-        max_steps=40,
-        epochs=5,
-        warmup_steps=5,
-        learning_rate=1e-2,
-        eval_interval=40,
-        mixed_precision="bf16",
-    )
-    rows = _patterned_rows()
-    result = train_model_loop(model, rows, rows, [], config, make_accelerator(config), LOG)
-    assert result.mixed_precision == "bf16"
-    assert next(model.parameters()).dtype == torch.float32  # autocast keeps fp32 weights
-    assert result.evals[-1]["valid_loss"] < np.log(64) - 1.0
