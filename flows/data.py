@@ -13,7 +13,8 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import dask
@@ -301,5 +302,23 @@ def run_data_stages(
     address, source = resolve_dask_address(dask_address, environ)
     runner, where = data_task_runner(address, environ)
     stage_logger().info("data: the group tasks run %s (from %s)", where, source)
-    with dask.config.set(SCHEDULER_CONFIG):  # read when the local cluster's scheduler starts
+    # The scheduler's settings are read when the local cluster's scheduler starts.
+    with dask.config.set(SCHEDULER_CONFIG), dask_worker_variables_kept_out():
         return prepare_data.with_options(task_runner=runner)(config, store_url)
+
+
+@contextmanager
+def dask_worker_variables_kept_out() -> Iterator[None]:
+    """Put back what Dask's nanny sets in this process's own environment when it starts a
+    worker (its pre-spawn variables: OMP_NUM_THREADS=1 and others). Otherwise every process
+    started after the data flow (launched training, the test runners) runs on one thread."""
+    names = list(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

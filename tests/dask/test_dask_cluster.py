@@ -236,3 +236,17 @@ def test_a_worker_killed_mid_task_is_survived(cluster, tmp_path):
     # The retry kept the progress the killed attempt had committed: its manifest says so.
     [group] = [f for f in store.list_files("filter/groups") if f.endswith(MANIFEST_NAME)]
     assert load_manifest(store, "filter/groups", group.split("/")[0]).resumed_progress_records >= 2
+
+
+def test_a_local_cluster_leaves_this_processs_environment_as_it_was(tmp_path, monkeypatch):
+    # Dask's nanny sets OMP_NUM_THREADS=1 (and others) here when it starts a worker; left set,
+    # every process started after the data flow would run on one thread.
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
+    root = make_corpus(tmp_path / "corpus", files=40, seed=5)
+    ran = run_data_stages(data_config(root), str(tmp_path / "store"), "local", {})
+    assert ran["groups"]["groups"] >= 1
+    assert [os.environ.get(name) for name in names] == [None, None, None]
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"
