@@ -34,7 +34,7 @@ from tasks.train.trainer import Trainer
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX tiles). Elsewhere
-    bf16 is emulated, and slower than fp32."""
+    bf16 is emulated, so auto keeps fp32 there."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
