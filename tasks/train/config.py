@@ -27,7 +27,8 @@ CPU_PARAMETER_LIMIT = 50_000_000
 
 
 class NeedsGpuError(UserError, ValueError):
-    """A large model was to train on a machine without a GPU, and allow_cpu was off."""
+    """A run asked for what needs a GPU (a large model without allow_cpu, or fp16) on a
+    machine without one."""
 
 
 class ModelConfig(StageParams):

@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 from tasks.train.checkpoint import CheckpointStore
-from tasks.train.config import TrainConfig
+from tasks.train.config import NeedsGpuError, TrainConfig
 from tasks.train.data import BatchStream, StreamPosition, TokenRows
 from tasks.train.hooks import (
     Checkpointing,
@@ -45,7 +45,7 @@ def resolve_mixed_precision(requested: str) -> str:
     on_gpu = torch.cuda.is_available()
     if requested != "auto":
         if requested == "fp16" and not on_gpu:
-            raise ValueError(
+            raise NeedsGpuError(
                 "train.mixed_precision='fp16' needs a CUDA GPU and none is visible; "
                 "use 'auto', 'bf16' or 'no' on CPU"
             )

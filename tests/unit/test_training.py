@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tasks.train import loop
-from tasks.train.config import ModelConfig, TrainConfig
+from tasks.train.config import ModelConfig, NeedsGpuError, TrainConfig
 from tasks.train.data import BatchStream, StreamPosition, TokenRows
 from tasks.train.loop import make_accelerator, resolve_mixed_precision, train_model_loop
 from tasks.train.loss import course_weighted_loss, normalized_weighted_loss
@@ -194,5 +194,5 @@ def test_on_cpu_auto_precision_is_bf16_only_where_the_cpu_has_bf16_instructions(
 
 def test_fp16_on_cpu_is_refused_with_what_to_use_instead(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ValueError, match="'auto', 'bf16' or 'no' on CPU"):
+    with pytest.raises(NeedsGpuError, match="'auto', 'bf16' or 'no' on CPU"):
         resolve_mixed_precision("fp16")
